@@ -1,0 +1,1 @@
+"""Fetch ML: a self-hosted, multi-user queue for ML experiment jobs."""
