@@ -17,6 +17,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidSpecError",
     "JobNotFoundError",
+    "JobStartError",
     "PermissionDeniedError",
     "SchedulerClosedError",
     "StoreError",
@@ -124,4 +125,11 @@ class StoreError(FetchMLError):
     """Raised when the job store cannot be opened, migrated or written (disk full, corrupt file)."""
 
     code = "store_error"
+    status = 500
+
+
+class JobStartError(FetchMLError):
+    """Raised by an executor backend when it cannot start a job's process at all."""
+
+    code = "start_failed"
     status = 500

@@ -1,0 +1,60 @@
+"""Authentication and authorization: API keys, users, roles and permissions.
+
+Keys are high-entropy random strings (``fml_<key_id>_<secret>``) of which only bcrypt hashes are
+stored; :class:`AuthActor` verifies a key once (off the event loop) and caches the outcome.
+A verified key resolves to a :class:`Principal`, which answers permission questions.
+"""
+
+from ._actor import BCRYPT_THREADS, INVALID_KEY, MISSING_KEY, AuthActor
+from ._config import NAME_RULE, AuthConfig, UserEntry, is_valid_name, parse_auth_config, with_user
+from ._file import ensure_auth_file, load_auth_file, write_auth_file
+from ._keys import DEFAULT_ROUNDS, KEY_PREFIX, MAX_KEY_BYTES, generate_key, hash_key, key_id_of
+from ._permissions import (
+    ALL_PERMISSIONS,
+    BUILTIN_ROLES,
+    JOBS_CREATE,
+    JOBS_READ,
+    JOBS_READ_ALL,
+    JOBS_UPDATE,
+    JOBS_UPDATE_ALL,
+    ROLE_ADMIN,
+    ROLE_ANALYST,
+    ROLE_RESEARCHER,
+    STATUS_READ,
+)
+from ._principal import ANONYMOUS, Principal
+
+__all__ = [
+    "ALL_PERMISSIONS",
+    "ANONYMOUS",
+    "BCRYPT_THREADS",
+    "BUILTIN_ROLES",
+    "DEFAULT_ROUNDS",
+    "INVALID_KEY",
+    "JOBS_CREATE",
+    "JOBS_READ",
+    "JOBS_READ_ALL",
+    "JOBS_UPDATE",
+    "JOBS_UPDATE_ALL",
+    "KEY_PREFIX",
+    "MAX_KEY_BYTES",
+    "MISSING_KEY",
+    "NAME_RULE",
+    "ROLE_ADMIN",
+    "ROLE_ANALYST",
+    "ROLE_RESEARCHER",
+    "STATUS_READ",
+    "AuthActor",
+    "AuthConfig",
+    "Principal",
+    "UserEntry",
+    "ensure_auth_file",
+    "generate_key",
+    "hash_key",
+    "is_valid_name",
+    "key_id_of",
+    "load_auth_file",
+    "parse_auth_config",
+    "with_user",
+    "write_auth_file",
+]

@@ -1,0 +1,162 @@
+"""Server and scheduler configuration: one YAML file (``configs/server.yaml``) or keyword arguments.
+
+Every section is a msgspec struct that rejects unknown keys, so a typo in the file is an error that
+names the key instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from ._models import describe_validation_error
+from .errors import ConfigError
+
+__all__ = ["Config", "ExecutorSettings", "SchedulerSettings", "load_config", "make_config"]
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+GpuId = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the scheduler may hand out, and its policy knobs.
+
+    ``cpus``/``memory_mb`` default to the machine's; ``gpus`` is ``"auto"`` (ask ``nvidia-smi``)
+    or an explicit list of device ids.  ``max_scan`` bounds how many queued jobs one dispatch pass
+    examines (as Slurm's ``default_queue_depth``), which keeps dispatch fast with deep queues.
+    """
+
+    cpus: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    memory_mb: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    gpus: list[GpuId] | Literal["auto"] = "auto"
+    max_running_per_user: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_requeues: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_scan: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+
+class ExecutorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How jobs run.  ``kill_grace_s`` is the wait between SIGTERM and SIGKILL on cancel/timeout."""
+
+    backend: Literal["local"] = "local"
+    kill_grace_s: Positive = 10.0
+
+
+class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """SQLite durability: ``full`` survives power loss; ``normal`` survives a process crash."""
+
+    synchronous: Literal["full", "normal"] = "full"
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where the gateway listens and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9103
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+    subscriber_buffer: Annotated[int, msgspec.Meta(ge=1)] = 1000
+
+
+class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Server log output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole server configuration (the shape of ``configs/server.yaml``).
+
+    ``auth`` holds an inline auth section (parsed by :mod:`fetchml.auth`); without it the server
+    reads ``auth_file``.
+    """
+
+    data_dir: str = "data"
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    executor: ExecutorSettings = msgspec.field(default_factory=ExecutorSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    auth: dict[str, Any] | None = None
+    auth_file: str = "configs/auth.yaml"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _convert(data: object, *, source: str) -> Config:
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        _, message = describe_validation_error(exc)
+        raise ConfigError(f"{source}: {message}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read a YAML config file.  Raises :class:`ConfigError` naming the file and the bad key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return _convert({} if data is None else data, source=str(path))
+
+
+_SECTIONS = ("scheduler", "executor", "store", "server", "logging")
+
+
+def make_config(config: Config | str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Build a :class:`Config` from a Config, a YAML path or defaults, then apply ``overrides``.
+
+    An override is a top-level key (``data_dir``) or the name of a key in any section
+    (``gpus=[0, 1]`` sets ``scheduler.gpus``).  Raises :class:`ConfigError` for an unknown name or
+    a bad value.
+    """
+    base = (
+        config
+        if isinstance(config, Config)
+        else (load_config(config) if config is not None else Config())
+    )
+    data: dict[str, Any] = msgspec.to_builtins(base)
+    for key, value in overrides.items():
+        if key in data and key not in _SECTIONS:
+            data[key] = value
+            continue
+        section = next((s for s in _SECTIONS if key in data[s]), None)
+        if section is None:
+            raise ConfigError(f"unknown setting {key!r}")
+        data[section][key] = value
+    return _convert(data, source="settings")
+
+
+def discover_gpus() -> list[int]:
+    """GPU ids that ``nvidia-smi`` lists, or ``[]`` without it.  Blocks up to 10 s."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(line) for line in out.split() if line.strip().isdigit()]
+
+
+def machine_memory_mb() -> int:
+    """Physical memory of this machine in MiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)

@@ -1,0 +1,152 @@
+"""The executor actor: starts, follows, times out and stops runs through a backend.
+
+It takes :class:`StartJob`, :class:`AdoptJob` and :class:`StopJob` from its inbox and reports
+every end of a run as one :class:`JobExited` to the scheduler.  Its main loop never waits on the
+scheduler (each run has its own task that does the reporting), so the scheduler can always hand it
+work without a deadlock.  Cancelling the executor (server shutdown) stops following runs but never
+stops the runs themselves: they are adopted again on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .._models import Job
+from ..errors import JobStartError
+from ._backend import Backend, Ended
+from ._messages import AdoptJob, Envelope, ExitCause, JobExited, Message, StartJob, StopJob
+
+__all__ = ["EXECUTOR_INBOX_SIZE", "Executor"]
+
+log = logging.getLogger("fetchml.executor")
+
+# Commands from the scheduler; the main loop only spawns tasks, so it drains this fast.
+EXECUTOR_INBOX_SIZE = 1024
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """A run the executor follows.  ``cause`` is set when the executor decided to stop it."""
+
+    attempt: int
+    run: Any = None
+    cause: ExitCause | None = None
+
+
+class Executor:
+    """Owns the runs of one backend.  Start it with ``nursery.start(executor.run)``."""
+
+    def __init__(
+        self,
+        backend: Backend[Any],
+        inbox: trio.MemoryReceiveChannel[Envelope[Message]],
+        reports: trio.MemorySendChannel[Envelope[Message]],
+        *,
+        kill_grace_s: float,
+    ) -> None:
+        self._backend = backend
+        self._inbox = inbox
+        self._reports = reports
+        self._grace = kill_grace_s
+        self._runs: dict[int, _Tracked] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the inbox until it closes.  Closes the inbox and the report channel on exit.
+
+        Raises TypeError on a message it does not handle (a programming error, loudly).
+        """
+        with self._inbox, self._reports:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                async for envelope in self._inbox:
+                    self._handle(envelope.msg, nursery)
+                nursery.cancel_scope.cancel()
+
+    def _handle(self, msg: Message, nursery: trio.Nursery) -> None:
+        match msg:
+            case StartJob(job=job):
+                self._follow(job, adopt=False, nursery=nursery)
+            case AdoptJob(job=job):
+                self._follow(job, adopt=True, nursery=nursery)
+            case StopJob(job_id=job_id, attempt=attempt):
+                self._stop(job_id, attempt, "cancel")
+            case _:
+                raise TypeError(f"executor cannot handle {type(msg).__name__}")
+
+    def _follow(self, job: Job, *, adopt: bool, nursery: trio.Nursery) -> None:
+        # Registered before the task runs, so a StopJob right behind this finds the run.
+        self._runs[job.id] = _Tracked(job.attempts)
+        nursery.start_soon(self._supervise, job, adopt, name=f"job-{job.id}")
+
+    def _stop(self, job_id: int, attempt: int, cause: ExitCause) -> None:
+        tracked = self._runs.get(job_id)
+        if tracked is None or tracked.attempt != attempt or tracked.cause is not None:
+            return
+        tracked.cause = cause
+        if tracked.run is not None and self._nursery is not None:
+            self._nursery.start_soon(self._backend.terminate, tracked.run, self._grace)
+
+    async def _supervise(self, job: Job, adopt: bool) -> None:
+        """Start or adopt one run, wait for its end (enforcing the timeout) and report it once.
+
+        Waits on the backend and, to report, on the scheduler's inbox.
+        """
+        tracked = self._runs[job.id]
+        with self._reports.clone() as reports:
+            try:
+                exited = await self._run_to_end(job, tracked, adopt)
+            finally:
+                self._runs.pop(job.id, None)
+            await reports.send(Envelope(exited))
+
+    async def _run_to_end(self, job: Job, tracked: _Tracked, adopt: bool) -> JobExited:
+        def exited(cause: ExitCause, code: int | None, detail: str | None = None) -> JobExited:
+            return JobExited(
+                job_id=job.id,
+                attempt=tracked.attempt,
+                cause=cause,
+                exit_code=code,
+                finished_at=time.time(),
+                detail=detail,
+            )
+
+        try:
+            run = await (self._backend.adopt(job) if adopt else self._backend.start(job))
+        except JobStartError as exc:
+            log.warning("job %d: %s", job.id, exc.message)
+            return exited("spawn_failed", None, exc.message)
+        if isinstance(run, Ended):
+            return exited("exit" if run.exit_code is not None else "vanished", run.exit_code)
+        tracked.run = run
+        if tracked.cause is not None:
+            self._stop_now(tracked)
+        with trio.move_on_at(_deadline(job)) as timeout:
+            code = await self._backend.wait(run)
+        if timeout.cancelled_caught:
+            if tracked.cause is None:
+                tracked.cause = "timeout"
+                self._stop_now(tracked)
+            code = await self._backend.wait(run)
+        if tracked.cause is not None:
+            return exited(tracked.cause, code)
+        return exited("exit" if code is not None else "vanished", code)
+
+    def _stop_now(self, tracked: _Tracked) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._backend.terminate, tracked.run, self._grace)
+
+
+def _deadline(job: Job) -> float:
+    """The trio clock time at which the job's timeout expires (inf without a timeout)."""
+    if job.spec.timeout_s is None or job.started_at is None:
+        return math.inf
+    remaining = job.started_at + job.spec.timeout_s - time.time()
+    return trio.current_time() + remaining

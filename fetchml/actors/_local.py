@@ -1,0 +1,201 @@
+"""The local executor backend: each job a process group on this machine that outlives the server.
+
+Each run is started through a tiny POSIX shell supervisor (``/bin/sh``, about one process start
+of overhead).  The supervisor is the leader of a new session/process group, writes its pid to
+``pid.<attempt>``, runs the job's argv in the foreground and writes the exit status to
+``exit.<attempt>``.  It traps SIGTERM/SIGINT/SIGHUP so that a signal to the group kills the job but
+lets the supervisor record the status; its caught traps reset to the default in the job, so the job
+sees them normally.  Because the status is on disk, a server restart can adopt a running job (by its
+pid, verified through ``/proc/<pid>/environ``) or collect the status of one that ended meanwhile.
+
+Per job, under ``<data_dir>/jobs/<id>/``: ``log`` (stdout and stderr, appended across attempts),
+``output/`` (``FETCHML_OUTPUT_DIR``), ``pid.<n>`` and ``exit.<n>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .._models import Job
+from ..errors import JobStartError
+from ._backend import Backend, Ended
+
+__all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path"]
+
+_SUPERVISOR = """trap : TERM INT HUP
+d=$1 n=$2 c=$3
+shift 3
+printf '%s\\n' "$$" >"$d/pid.$n"
+if cd -- "$c"; then "$@"; s=$?; else s=126; fi
+printf '%s\\n' "$s" >"$d/exit.$n"
+"""
+# Signals Python sets to SIG_IGN; ignored dispositions survive exec, so reset them for the job.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def job_dir(data_dir: Path, job_id: int) -> Path:
+    return data_dir / "jobs" / str(job_id)
+
+
+def log_path(data_dir: Path, job_id: int) -> Path:
+    """The file that holds a job's stdout and stderr."""
+    return job_dir(data_dir, job_id) / "log"
+
+
+@dataclass(slots=True)
+class LocalRun:
+    """One attempt of a job as a local process group led by the supervisor ``pid``."""
+
+    job_id: int
+    attempt: int
+    pid: int
+    pidfd: int
+    own_child: bool
+    directory: Path
+    ended: trio.Event = field(default_factory=trio.Event)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _is_our_run(pid: int, job_id: int, attempt: int) -> bool:
+    """Whether ``pid`` is still the supervisor of this job's attempt (pids get reused)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    fields = environ.split(b"\0")
+    return f"FETCHML_JOB_ID={job_id}".encode() in fields and (
+        f"FETCHML_ATTEMPT={attempt}".encode() in fields
+    )
+
+
+class LocalBackend(Backend[LocalRun]):
+    """Runs jobs as local process groups under ``data_dir/jobs``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._base_env = dict(os.environ)
+
+    def _environment(self, job: Job, output: Path) -> dict[str, str]:
+        env = {**self._base_env, **job.spec.env}
+        env["FETCHML_JOB_ID"] = str(job.id)
+        env["FETCHML_ATTEMPT"] = str(job.attempts)
+        env["FETCHML_OUTPUT_DIR"] = str(output)
+        # An empty list hides every GPU: a job sees exactly the devices it was given.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpus)
+        return env
+
+    def _spawn(self, job: Job) -> LocalRun:
+        """Create the job's folders and start its supervisor.  Blocks for about a process start.
+
+        Small local file operations and posix_spawn are cheaper inline than a thread hop.
+        """
+        directory = job_dir(self._data_dir, job.id)
+        output = directory / "output"
+        output.mkdir(parents=True, exist_ok=True)
+        cwd = job.spec.cwd or str(output)
+        argv = ["/bin/sh", "-c", _SUPERVISOR, "fetchml-job", str(directory), str(job.attempts)]
+        argv += [cwd, *job.spec.argv()]
+        log_fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            pid = os.posix_spawn(
+                "/bin/sh",
+                argv,
+                self._environment(job, output),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+                setsigdef=_RESET_SIGNALS,
+            )
+        finally:
+            os.close(log_fd)
+        return LocalRun(job.id, job.attempts, pid, os.pidfd_open(pid), True, directory)
+
+    async def start(self, job: Job) -> LocalRun:
+        try:
+            return self._spawn(job)
+        except OSError as exc:
+            raise JobStartError(f"cannot start job {job.id}: {exc}") from None
+
+    async def adopt(self, job: Job) -> LocalRun | Ended:
+        directory = job_dir(self._data_dir, job.id)
+        attempt = job.attempts
+        pid = _read_int(directory / f"pid.{attempt}")
+        if pid is not None and _is_our_run(pid, job.id, attempt):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pass
+            else:
+                # Re-check after opening: the pid could have been reused in between.
+                if _is_our_run(pid, job.id, attempt):
+                    return LocalRun(job.id, attempt, pid, pidfd, False, directory)
+                os.close(pidfd)
+        return Ended(_read_int(directory / f"exit.{attempt}"))
+
+    async def wait(self, run: LocalRun) -> int | None:
+        await trio.lowlevel.wait_readable(run.pidfd)
+        trio.lowlevel.notify_closing(run.pidfd)
+        os.close(run.pidfd)
+        run.pidfd = -1
+        if run.own_child:
+            # The supervisor is a zombie until reaped, so its pid (the group id) cannot be reused
+            # yet: kill whatever the job left running in its group, then reap.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.pid, signal.SIGKILL)
+            _reap(run.pid)
+        run.ended.set()
+        return _read_int(run.directory / f"exit.{run.attempt}")
+
+    async def terminate(self, run: LocalRun, grace: float) -> None:
+        if not _signal_group(run.pid, signal.SIGTERM):
+            return
+        with trio.move_on_after(grace):
+            await run.ended.wait()
+            return
+        _signal_group(run.pid, signal.SIGKILL)
+
+    def close(self, run: LocalRun) -> None:
+        """Release the run's pid file descriptor without waiting (server shutting down)."""
+        if run.pidfd != -1:
+            trio.lowlevel.notify_closing(run.pidfd)
+            os.close(run.pidfd)
+            run.pidfd = -1
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError as exc:
+        if exc.errno == errno.EPERM:
+            return False
+        raise
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit of our child ``pid``, already a zombie, so it does not linger."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

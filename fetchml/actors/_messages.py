@@ -1,0 +1,267 @@
+"""Every message the actors exchange, in one place.
+
+Messages are frozen msgspec structs with a type tag, so each one round-trips through msgpack as
+a member of :data:`Message`; that keeps the door open to moving an actor (the executor first) to
+another process.  What is *not* a message is the local plumbing around it: an :class:`Envelope`
+carries a message plus the channels to answer on, which are in-process by nature.
+
+Requests get exactly one terminal reply: the result message, or a :class:`Failure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+import msgspec
+import trio
+
+from .._models import Job, JobEvent, JobSpec
+from ..errors import (
+    ConflictError,
+    FetchMLError,
+    InvalidSpecError,
+    JobNotFoundError,
+    SchedulerClosedError,
+)
+
+__all__ = [
+    "AdoptJob",
+    "Attach",
+    "Attached",
+    "Cancel",
+    "Detach",
+    "Envelope",
+    "ExitCause",
+    "Failure",
+    "GetStatus",
+    "JobExited",
+    "JobReply",
+    "Message",
+    "Publish",
+    "ReplayNeeded",
+    "StartJob",
+    "StatusReport",
+    "StopJob",
+    "Submit",
+    "call",
+]
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Base of all messages: immutable, tagged with the class name on the wire."""
+
+
+# --- requests to the scheduler -------------------------------------------------------------
+
+
+class Submit(_Msg, frozen=True, kw_only=True):
+    """Queue a validated spec for ``user``.  Reply: the stored :class:`Job`, or a Failure."""
+
+    spec: JobSpec
+    user: str
+
+
+class Cancel(_Msg, frozen=True, kw_only=True):
+    """Cancel a job on behalf of ``user``.  Reply: the job once it is terminal, or a Failure."""
+
+    job_id: int
+    user: str
+
+
+class JobReply(_Msg, frozen=True, kw_only=True):
+    """The job a :class:`Submit` stored or a :class:`Cancel` finished."""
+
+    job: Job
+
+
+class GetStatus(_Msg, frozen=True, kw_only=True):
+    """Ask for the queue summary.  Reply: :class:`StatusReport`."""
+
+
+class StatusReport(_Msg, frozen=True, kw_only=True):
+    """Queue and resource summary at one instant."""
+
+    counts: dict[str, int]
+    running_by_user: dict[str, int]
+    queued_by_user: dict[str, int]
+    cpus_total: float
+    cpus_free: float
+    memory_mb_total: int
+    memory_mb_free: int
+    gpus_total: list[int]
+    gpus_free: list[int]
+    last_seq: int
+
+
+# --- executor ↔ scheduler ------------------------------------------------------------------
+
+ExitCause = Literal["exit", "timeout", "cancel", "vanished", "spawn_failed"]
+
+
+class StartJob(_Msg, frozen=True, kw_only=True):
+    """Start ``job`` (already committed as running, attempt ``job.attempts``)."""
+
+    job: Job
+
+
+class AdoptJob(_Msg, frozen=True, kw_only=True):
+    """Follow ``job``, which a previous server process started, until it ends."""
+
+    job: Job
+
+
+class StopJob(_Msg, frozen=True, kw_only=True):
+    """Stop the run of ``job_id``: SIGTERM to its process group, SIGKILL after the grace."""
+
+    job_id: int
+    attempt: int
+
+
+class JobExited(_Msg, frozen=True, kw_only=True):
+    """A run ended.  ``exit_code`` is None when no status was recorded."""
+
+    job_id: int
+    attempt: int
+    cause: ExitCause
+    exit_code: int | None = None
+    finished_at: float
+    detail: str | None = None
+
+
+# --- notifier ------------------------------------------------------------------------------
+
+
+class Publish(_Msg, frozen=True, kw_only=True):
+    """Committed events, in seq order, to fan out."""
+
+    events: tuple[JobEvent, ...]
+
+
+class Attach(_Msg, frozen=True, kw_only=True):
+    """Register subscriber ``sub_id`` for events after ``since`` (None: from now on) that match.
+
+    The envelope carries the subscriber's event channel.  Reply: :class:`Attached` when the
+    notifier could hand over every event after ``since`` itself, else :class:`ReplayNeeded`.
+    """
+
+    sub_id: int
+    since: int | None
+    job_id: int | None = None
+    user: str | None = None
+
+
+class Attached(_Msg, frozen=True, kw_only=True):
+    sub_id: int
+
+
+class ReplayNeeded(_Msg, frozen=True, kw_only=True):
+    """The notifier no longer holds events up to ``oldest``; replay them from the store first."""
+
+    oldest: int
+
+
+class Detach(_Msg, frozen=True, kw_only=True):
+    """Forget subscriber ``sub_id`` (it closes its own channel).  No reply."""
+
+    sub_id: int
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class Failure(_Msg, frozen=True, kw_only=True):
+    """The terminal reply of a request that failed."""
+
+    code: str
+    message: str
+    field: str | None = None
+    job_id: int | None = None
+
+    @classmethod
+    def of(cls, exc: FetchMLError) -> Failure:
+        return cls(
+            code=exc.code,
+            message=exc.message,
+            field=getattr(exc, "field", None),
+            job_id=getattr(exc, "job_id", None),
+        )
+
+    def error(self) -> FetchMLError:
+        """The exception this failure stands for, rebuilt on the caller's side."""
+        if self.code == InvalidSpecError.code:
+            return InvalidSpecError(self.message, field=self.field)
+        if self.code == JobNotFoundError.code and self.job_id is not None:
+            return JobNotFoundError(self.job_id)
+        if self.code == ConflictError.code:
+            return ConflictError(self.message)
+        return FetchMLError(self.message)
+
+
+Message = (
+    Submit
+    | Cancel
+    | JobReply
+    | GetStatus
+    | StatusReport
+    | StartJob
+    | AdoptJob
+    | StopJob
+    | JobExited
+    | Publish
+    | Attach
+    | Attached
+    | ReplayNeeded
+    | Detach
+    | Failure
+)
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope(Generic[M]):
+    """A message in an actor's inbox, with where to answer.
+
+    ``reply`` takes the one terminal reply (buffer 1, so answering never blocks); ``stream`` is
+    local plumbing a message needs besides its reply (for :class:`Attach`: the subscriber's sink).
+    """
+
+    msg: M
+    reply: trio.MemorySendChannel[Message] | None = None
+    stream: object = None
+
+    def answer(self, result: Message) -> None:
+        """Send the terminal reply and close the reply channel.  Never blocks."""
+        if self.reply is None:
+            return
+        # The caller may have given up waiting (cancelled): then nobody is left to tell.
+        with self.reply, contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self.reply.send_nowait(result)
+
+
+# One slot: the reply is the only thing ever sent on it.
+_REPLY_BUFFER = 1
+
+
+async def call(
+    inbox: trio.MemorySendChannel[Envelope[M]], msg: M, *, stream: object = None
+) -> Message:
+    """Send ``msg`` (with ``stream`` plumbing, if any) to an actor and wait for its terminal reply.
+
+    Waits on a full inbox (back-pressure) and then on the reply.  Raises
+    :class:`SchedulerClosedError` if the actor has stopped or stops before answering; a
+    :class:`Failure` reply is returned as is (the caller raises ``failure.error()``).
+    """
+    reply_send, reply_recv = trio.open_memory_channel[Message](_REPLY_BUFFER)
+    with reply_recv:
+        try:
+            await inbox.send(Envelope(msg, reply_send, stream))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            reply_send.close()
+            raise SchedulerClosedError("the scheduler has stopped") from None
+        try:
+            return await reply_recv.receive()
+        except trio.EndOfChannel:
+            raise SchedulerClosedError("the scheduler stopped before answering") from None

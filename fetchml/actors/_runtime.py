@@ -1,0 +1,234 @@
+"""Wiring the actors together, and :class:`Scheduler`, the handle programs use to talk to them.
+
+``open_scheduler`` is the embedding API: an async context manager that opens the store, starts the
+notifier, executor and scheduler actors in one nursery, and yields a :class:`Scheduler`.
+``start_actors`` does the same inside a nursery the caller owns, so the server can run its gateway
+as a sibling of the actors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .._config import Config, discover_gpus, machine_memory_mb, make_config
+from .._models import Job, JobSpec, JobState, validate_spec
+from ..errors import FetchMLError, InvalidRequestError, JobNotFoundError
+from ..store import Store
+from ._executor import EXECUTOR_INBOX_SIZE, Executor
+from ._local import LocalBackend, log_path
+from ._logs import follow_log
+from ._messages import (
+    Cancel,
+    Envelope,
+    Failure,
+    GetStatus,
+    JobReply,
+    Message,
+    StatusReport,
+    Submit,
+    call,
+)
+from ._notifier import NOTIFIER_INBOX_SIZE, Notifier
+from ._queue import Pool
+from ._scheduler import SCHEDULER_INBOX_SIZE, SchedulerActor
+from ._subscription import DEFAULT_BUFFER, Subscription
+
+__all__ = ["Scheduler", "open_scheduler", "start_actors"]
+
+# Most jobs one list() returns.
+MAX_LIST = 10_000
+
+
+class Scheduler:
+    """The handle to a running scheduler.  Every method may be called from any trio task.
+
+    Methods raise :class:`SchedulerClosedError` once the scheduler has stopped.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        inbox: trio.MemorySendChannel[Envelope[Message]],
+        notifier: trio.MemorySendChannel[Envelope[Message]],
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._inbox = inbox
+        self._notifier = notifier
+
+    async def submit(self, spec: JobSpec | Mapping[str, Any], *, user: str) -> Job:
+        """Queue a job for ``user``; returns it once it is durably stored.
+
+        Raises :class:`InvalidSpecError` naming the field for a bad spec (nothing is stored).
+        Waits on the scheduler's inbox and on the commit.
+        """
+        _check_user(user)
+        reply = await call(self._inbox, Submit(spec=validate_spec(spec), user=user))
+        return _job_of(reply)
+
+    async def get(self, job_id: int) -> Job:
+        """The job's current version.  Raises :class:`JobNotFoundError`."""
+        job = await self._store.get(_check_id(job_id))
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
+
+    async def list(
+        self,
+        *,
+        user: str | None = None,
+        states: Iterable[JobState | str] | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, optionally only ``user``'s and only in ``states``."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidRequestError(f"limit: must be 1 to {MAX_LIST}", field="limit")
+        try:
+            wanted = None if states is None else [JobState(s) for s in states]
+        except ValueError as exc:
+            raise InvalidRequestError(f"states: {exc}", field="states") from None
+        return await self._store.list_jobs(
+            user=user, states=wanted, limit=limit, before_id=before_id
+        )
+
+    async def cancel(self, job_id: int, *, user: str) -> Job:
+        """Cancel a job on behalf of ``user``; returns it once it has ended.
+
+        A queued job is cancelled at once; a running one gets SIGTERM, then SIGKILL after the
+        grace period, and is returned when its process is gone (its state says how it ended, in
+        case it finished first).  Raises :class:`JobNotFoundError`, or :class:`ConflictError` if
+        it had already ended.
+        """
+        _check_user(user)
+        reply = await call(self._inbox, Cancel(job_id=_check_id(job_id), user=user))
+        return _job_of(reply)
+
+    async def wait(self, job_id: int) -> Job:
+        """Wait until the job reaches a terminal state and return it."""
+        job = await self.get(job_id)
+        if job.terminal:
+            return job
+        async with self.subscribe(job_id=job_id, since=job.seq) as events:
+            async for event in events:
+                if event.job.terminal:
+                    return event.job
+        return await self.get(job_id)
+
+    def subscribe(
+        self,
+        *,
+        job_id: int | None = None,
+        user: str | None = None,
+        since: int | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> Subscription:
+        """Events of one job, of one user's jobs, or of all jobs, after ``since`` (None: from now).
+
+        Use as ``async with scheduler.subscribe(...) as events: async for event in events``.
+        """
+        return Subscription(
+            self._store, self._notifier, job_id=job_id, user=user, since=since, buffer=buffer
+        )
+
+    async def status(self) -> StatusReport:
+        """Queue counts and resource usage right now."""
+        reply = await call(self._inbox, GetStatus())
+        if isinstance(reply, StatusReport):
+            return reply
+        raise _unexpected(reply)
+
+    def log_path(self, job_id: int) -> Path:
+        """Where the job's stdout and stderr go (the file may not exist yet)."""
+        return log_path(self.config.data_path, _check_id(job_id))
+
+    def logs(self, job_id: int, *, offset: int = 0, follow: bool = False) -> AsyncIterator[bytes]:
+        """The job's log from byte ``offset``, in chunks; with ``follow``, until the job ends."""
+        return follow_log(self, job_id, offset=offset, follow=follow)
+
+
+def _check_user(user: str) -> None:
+    if not isinstance(user, str) or not user:
+        raise InvalidRequestError("user: must be a non-empty string", field="user")
+
+
+def _check_id(job_id: int) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1:
+        raise InvalidRequestError(f"job_id: not a job id: {job_id!r}", field="job_id")
+    return job_id
+
+
+def _job_of(reply: Message) -> Job:
+    if isinstance(reply, JobReply):
+        return reply.job
+    raise _unexpected(reply)
+
+
+def _unexpected(reply: Message) -> FetchMLError:
+    if isinstance(reply, Failure):
+        return reply.error()
+    return FetchMLError(f"unexpected reply {type(reply).__name__}")
+
+
+async def _make_pool(config: Config) -> Pool:
+    settings = config.scheduler
+    if settings.gpus == "auto":
+        gpus = await trio.to_thread.run_sync(discover_gpus)
+    else:
+        gpus = settings.gpus
+    cpus = settings.cpus if settings.cpus is not None else float(os.cpu_count() or 1)
+    memory = settings.memory_mb if settings.memory_mb is not None else machine_memory_mb()
+    return Pool(cpus, memory, gpus)
+
+
+async def start_actors(nursery: trio.Nursery, config: Config, store: Store) -> Scheduler:
+    """Start the notifier, executor and scheduler actors in ``nursery``; return the handle.
+
+    Waits until the scheduler has recovered from the store and accepts work.  The actors stop
+    when ``nursery`` is cancelled; running jobs keep running and are re-adopted on the next start.
+    """
+    pool = await _make_pool(config)
+    sched_send, sched_recv = trio.open_memory_channel[Envelope[Message]](SCHEDULER_INBOX_SIZE)
+    exec_send, exec_recv = trio.open_memory_channel[Envelope[Message]](EXECUTOR_INBOX_SIZE)
+    note_send, note_recv = trio.open_memory_channel[Envelope[Message]](NOTIFIER_INBOX_SIZE)
+    await nursery.start(Notifier(note_recv, store.last_seq).run)
+    backend = LocalBackend(config.data_path)
+    executor = Executor(
+        backend, exec_recv, sched_send.clone(), kill_grace_s=config.executor.kill_grace_s
+    )
+    await nursery.start(executor.run)
+    actor = SchedulerActor(config, store, pool, sched_recv, exec_send, note_send.clone())
+    await nursery.start(actor.run)
+    return Scheduler(config, store, sched_send, note_send)
+
+
+@asynccontextmanager
+async def open_scheduler(
+    config: Config | str | os.PathLike[str] | None = None, **settings: Any
+) -> AsyncIterator[Scheduler]:
+    """Run a scheduler for the duration of the ``async with`` block.
+
+    ``config`` is a :class:`Config`, a path to a YAML file (``configs/server.yaml``) or None for
+    the defaults; ``settings`` override single keys (``data_dir="runs"``, ``gpus=[0, 1]``,
+    ``max_running_per_user=2``).  Raises :class:`ConfigError` or :class:`StoreError` on start.
+    Leaving the block stops the actors but not the running jobs, which the next start re-adopts.
+    """
+    cfg = make_config(config, **settings)
+    store = await Store.open(cfg.data_path, synchronous=cfg.store.synchronous)
+    try:
+        async with trio.open_nursery() as nursery:
+            scheduler = await start_actors(nursery, cfg, store)
+            try:
+                yield scheduler
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()

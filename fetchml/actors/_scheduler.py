@@ -1,0 +1,370 @@
+"""The scheduler actor: owns the queue, the resource pool and every job state change.
+
+Its loop takes whatever requests and reports are waiting (up to :data:`MAX_PASS`), applies them to
+its in-memory state, decides which jobs start, commits all of it in one store transaction (group
+commit), and only then answers requests, publishes events and tells the executor what to start or
+stop.  Nothing is acknowledged or announced before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from .._config import Config
+from .._models import Job, JobEvent, JobSpec, JobState
+from ..errors import ConflictError, FetchMLError, InvalidSpecError, JobNotFoundError
+from ..store import Batch, Store, now
+from ._messages import (
+    AdoptJob,
+    Cancel,
+    Envelope,
+    Failure,
+    GetStatus,
+    JobExited,
+    JobReply,
+    Message,
+    Publish,
+    StartJob,
+    StatusReport,
+    StopJob,
+    Submit,
+)
+from ._queue import Pool, RunQueue
+
+__all__ = ["MAX_PASS", "SCHEDULER_INBOX_SIZE", "SchedulerActor"]
+
+log = logging.getLogger("fetchml.scheduler")
+
+# Submitters wait (back-pressure) when this many requests are waiting.
+SCHEDULER_INBOX_SIZE = 1024
+# Most messages applied in one pass, hence in one commit.
+MAX_PASS = 512
+
+
+@dataclass
+class _Pass:
+    """What one pass over the inbox produced, to be committed and then carried out."""
+
+    batch: Batch = field(default_factory=Batch)
+    replies: list[tuple[Envelope[Message], Message]] = field(default_factory=list)
+    commands: list[StartJob | AdoptJob | StopJob] = field(default_factory=list)
+    finished: dict[int, JobState] = field(default_factory=dict)
+    known_states: dict[int, JobState] = field(default_factory=dict)
+
+
+class SchedulerActor:
+    """Start it with ``nursery.start(actor.run)``; talk to it through :class:`Envelope` messages."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        pool: Pool,
+        inbox: trio.MemoryReceiveChannel[Envelope[Message]],
+        executor: trio.MemorySendChannel[Envelope[Message]],
+        notifier: trio.MemorySendChannel[Envelope[Message]],
+    ) -> None:
+        self._settings = config.scheduler
+        self._store = store
+        self._pool = pool
+        self._inbox = inbox
+        self._executor = executor
+        self._notifier = notifier
+        self._jobs: dict[int, Job] = {}  # every queued or running job
+        self._queue = RunQueue()
+        self._blocked: dict[int, set[int]] = {}  # job -> dependencies not yet succeeded
+        self._dependents: dict[int, set[int]] = {}  # dependency -> jobs waiting on it
+        self._running_by_user: Counter[str] = Counter()
+        self._cancel_waiters: dict[int, list[Envelope[Message]]] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover from the store, then serve the inbox until it closes.
+
+        Closes its inbox and its channels to the executor and notifier on exit.  Raises
+        :class:`StoreError` if a commit fails (the server must stop rather than run on state it
+        could not persist) and TypeError on a message it does not handle.
+        """
+        with self._inbox, self._executor, self._notifier:
+            await self._recover()
+            task_status.started()
+            while True:
+                try:
+                    envelopes = [await self._inbox.receive()]
+                except trio.EndOfChannel:
+                    return
+                while len(envelopes) < MAX_PASS:
+                    try:
+                        envelopes.append(self._inbox.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._run_pass(envelopes)
+
+    async def _run_pass(self, envelopes: list[Envelope[Message]]) -> None:
+        """Apply, dispatch, commit, then answer and announce.  Waits on the store and channels."""
+        step = _Pass(known_states=await self._prefetch_states(envelopes))
+        for envelope in envelopes:
+            try:
+                self._handle(envelope, step)
+            except FetchMLError as exc:
+                step.replies.append((envelope, Failure.of(exc)))
+        self._dispatch(step)
+        await self._carry_out(step)
+
+    async def _carry_out(self, step: _Pass) -> None:
+        if step.batch:
+            await self._store.commit(step.batch)
+        for envelope, reply in step.replies:
+            envelope.answer(reply)
+        if step.batch.events:
+            await self._notifier.send(Envelope(Publish(events=tuple(step.batch.events))))
+        for command in step.commands:
+            await self._executor.send(Envelope(command))
+
+    async def _prefetch_states(self, envelopes: Iterable[Envelope[Message]]) -> dict[int, JobState]:
+        """States of the finished jobs this pass refers to (they live only in the store)."""
+        wanted: set[int] = set()
+        for envelope in envelopes:
+            match envelope.msg:
+                case Submit(spec=spec):
+                    wanted.update(d for d in spec.depends_on if d not in self._jobs)
+                case Cancel(job_id=job_id) if job_id not in self._jobs:
+                    wanted.add(job_id)
+        return await self._store.states_of(wanted) if wanted else {}
+
+    def _handle(self, envelope: Envelope[Message], step: _Pass) -> None:
+        match envelope.msg:
+            case Submit(spec=spec, user=user):
+                step.replies.append((envelope, JobReply(job=self._submit(spec, user, step))))
+            case Cancel(job_id=job_id, user=user):
+                self._cancel(envelope, job_id, user, step)
+            case JobExited() as exited:
+                self._exited(exited, step)
+            case GetStatus():
+                step.replies.append((envelope, self._status()))
+            case other:
+                raise TypeError(f"scheduler cannot handle {type(other).__name__}")
+
+    # --- state changes ---------------------------------------------------------------------
+
+    def _change(self, step: _Pass, job: Job, **changes: Any) -> Job:
+        """Record a new version of ``job`` with a fresh seq and its event, in this pass."""
+        new: Job = msgspec.structs.replace(job, seq=self._store.allocate_seq(), **changes)
+        step.batch.jobs[new.id] = new
+        step.batch.events.append(JobEvent(seq=new.seq, ts=now(), job=new))
+        if new.terminal:
+            self._jobs.pop(new.id, None)
+            step.finished[new.id] = new.state
+            self._settle(step, new)
+        else:
+            self._jobs[new.id] = new
+        return new
+
+    def _state_of(self, job_id: int, step: _Pass) -> JobState | None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job.state
+        return step.finished.get(job_id) or step.known_states.get(job_id)
+
+    def _submit(self, spec: JobSpec, user: str, step: _Pass) -> Job:
+        problem = self._pool.check_feasible(spec.resources)
+        if problem is not None:
+            raise InvalidSpecError(problem, field=problem.split(":", 1)[0])
+        states = [self._state_of(dep, step) for dep in spec.depends_on]
+        for index, (dep, state) in enumerate(zip(spec.depends_on, states, strict=True)):
+            if state is None:
+                raise InvalidSpecError(
+                    f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
+                )
+        job = Job(
+            id=self._store.allocate_job_id(),
+            user=user,
+            spec=spec,
+            state=JobState.QUEUED,
+            created_at=now(),
+        )
+        return self._enqueue(step, job, fresh=True)
+
+    def _enqueue(self, step: _Pass, job: Job, *, fresh: bool) -> Job:
+        """Queue ``job``, wait on its dependencies, or cancel it if one of them failed."""
+        pending = set()
+        for dep in job.spec.depends_on:
+            state = self._state_of(dep, step)
+            if state is not None and state.terminal and state is not JobState.SUCCEEDED:
+                return self._change(
+                    step, job, state=JobState.CANCELLED, reason=f"dependency {dep} {state.value}"
+                )
+            if state is not JobState.SUCCEEDED:
+                pending.add(dep)
+        if fresh:
+            job = self._change(step, job)
+        else:
+            self._jobs[job.id] = job
+        if pending:
+            self._blocked[job.id] = pending
+            for dep in pending:
+                self._dependents.setdefault(dep, set()).add(job.id)
+        else:
+            self._queue.push(job)
+        return job
+
+    def _settle(self, step: _Pass, job: Job) -> None:
+        """Consequences of ``job`` reaching a terminal state: waiters, dependents, queue."""
+        self._queue.discard(job.id)
+        for dep in self._blocked.pop(job.id, ()):
+            self._dependents.get(dep, set()).discard(job.id)
+        for envelope in self._cancel_waiters.pop(job.id, ()):
+            step.replies.append((envelope, JobReply(job=job)))
+        for dependent_id in sorted(self._dependents.pop(job.id, ())):
+            dependent = self._jobs.get(dependent_id)
+            if dependent is None:
+                continue
+            if job.state is not JobState.SUCCEEDED:
+                self._change(
+                    step,
+                    dependent,
+                    state=JobState.CANCELLED,
+                    reason=f"dependency {job.id} {job.state.value}",
+                )
+                continue
+            waiting = self._blocked.get(dependent_id)
+            if waiting is not None:
+                waiting.discard(job.id)
+                if not waiting:
+                    del self._blocked[dependent_id]
+                    self._queue.push(dependent)
+
+    def _cancel(self, envelope: Envelope[Message], job_id: int, user: str, step: _Pass) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            state = step.finished.get(job_id) or step.known_states.get(job_id)
+            if state is None:
+                raise JobNotFoundError(job_id)
+            raise ConflictError(f"job {job_id} has already ended ({state.value})")
+        if job.state is JobState.QUEUED:
+            done = self._change(step, job, state=JobState.CANCELLED, reason=f"cancelled by {user}")
+            step.replies.append((envelope, JobReply(job=done)))
+            return
+        self._cancel_waiters.setdefault(job_id, []).append(envelope)
+        if not job.cancel_requested:
+            self._change(step, job, cancel_requested=True, reason=f"cancelled by {user}")
+            step.commands.append(StopJob(job_id=job_id, attempt=job.attempts))
+
+    def _exited(self, exited: JobExited, step: _Pass) -> None:
+        job = self._jobs.get(exited.job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempts != exited.attempt:
+            log.debug("ignoring a stale exit report for job %d", exited.job_id)
+            return
+        self._pool.give(job.spec.resources, job.gpus)
+        self._running_by_user[job.user] -= 1
+        if self._running_by_user[job.user] <= 0:
+            del self._running_by_user[job.user]
+        state, changes = self._outcome(job, exited)
+        new = self._change(
+            step,
+            job,
+            state=state,
+            exit_code=exited.exit_code,
+            finished_at=exited.finished_at,
+            **changes,
+        )
+        if state is JobState.QUEUED:
+            self._enqueue(step, new, fresh=False)
+
+    def _outcome(self, job: Job, exited: JobExited) -> tuple[JobState, dict[str, Any]]:
+        """The state a run's end leads to, and the fields that change with it."""
+        code = exited.exit_code
+        if job.cancel_requested or exited.cause == "cancel":
+            return JobState.CANCELLED, {"reason": job.reason or "cancelled"}
+        if exited.cause == "timeout":
+            return JobState.TIMED_OUT, {"reason": f"timed out after {job.spec.timeout_s:g} s"}
+        if exited.cause == "spawn_failed":
+            return JobState.FAILED, {"reason": exited.detail or "could not start"}
+        if exited.cause == "vanished":
+            if job.requeues < self._settings.max_requeues:
+                reason = "the process vanished without an exit status; requeued"
+                return JobState.QUEUED, {"requeues": job.requeues + 1, "reason": reason}
+            return JobState.LOST, {
+                "reason": f"the process vanished without an exit status "
+                f"{job.requeues + 1} times; not requeued again"
+            }
+        if code == 0:
+            return JobState.SUCCEEDED, {"reason": None}
+        if job.attempts <= job.spec.max_retries:
+            reason = f"attempt {job.attempts} exited with code {code}; retrying"
+            return JobState.QUEUED, {"reason": reason}
+        return JobState.FAILED, {"reason": f"exited with code {code}"}
+
+    def _dispatch(self, step: _Pass) -> None:
+        picked = self._queue.pick(
+            self._jobs,
+            self._pool,
+            self._running_by_user,
+            max_per_user=self._settings.max_running_per_user,
+            max_scan=self._settings.max_scan,
+        )
+        for job, gpus in picked:
+            started = self._change(
+                step,
+                job,
+                state=JobState.RUNNING,
+                started_at=now(),
+                finished_at=None,
+                attempts=job.attempts + 1,
+                exit_code=None,
+                gpus=gpus,
+            )
+            step.commands.append(StartJob(job=started))
+
+    def _status(self) -> StatusReport:
+        counts: Counter[str] = Counter(job.state.value for job in self._jobs.values())
+        queued: Counter[str] = Counter(
+            job.user for job in self._jobs.values() if job.state is JobState.QUEUED
+        )
+        pool = self._pool
+        return StatusReport(
+            counts=dict(counts),
+            running_by_user=dict(self._running_by_user),
+            queued_by_user=dict(queued),
+            cpus_total=pool.cpus,
+            cpus_free=pool.cpus_free,
+            memory_mb_total=pool.total_memory_mb,
+            memory_mb_free=pool.free_memory_mb,
+            gpus_total=list(pool.gpu_ids),
+            gpus_free=list(pool.free_gpus),
+            last_seq=self._store.last_seq,
+        )
+
+    # --- recovery --------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Rebuild memory from the store: queue the queued, re-adopt the running.
+
+        Waits on the store; commits the cancellations recovery decides, then dispatches.
+        """
+        active = await self._store.load_active()
+        self._jobs = {job.id: job for job in active}
+        deps = {d for job in active for d in job.spec.depends_on if d not in self._jobs}
+        step = _Pass(known_states=await self._store.states_of(deps) if deps else {})
+        for job in active:
+            if job.state is JobState.RUNNING:
+                self._pool.hold(job.spec.resources, job.gpus)
+                self._running_by_user[job.user] += 1
+                step.commands.append(AdoptJob(job=job))
+                if job.cancel_requested:
+                    step.commands.append(StopJob(job_id=job.id, attempt=job.attempts))
+            elif job.id in self._jobs:
+                self._enqueue(step, job, fresh=False)
+        self._dispatch(step)
+        await self._carry_out(step)
+        log.info(
+            "recovered %d queued and %d running jobs",
+            len(self._jobs) - sum(self._running_by_user.values()),
+            sum(self._running_by_user.values()),
+        )

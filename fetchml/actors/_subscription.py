@@ -1,0 +1,153 @@
+"""Event subscriptions: replay from the store, then live events from the notifier, with no gap.
+
+A subscription first reads stored events after ``since`` page by page, then attaches to the
+notifier, which hands over the recent events the replay has not reached and every later one.
+Events are de-duplicated by ``seq``, so the hand-over point may overlap safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import deque
+from types import TracebackType
+
+import trio
+
+from .._models import JobEvent
+from ..errors import SchedulerClosedError, SubscriberDroppedError
+from ..store import Store
+from ._messages import Attach, Attached, Detach, Envelope, Failure, Message, call
+from ._notifier import Sink
+
+__all__ = ["DEFAULT_BUFFER", "Subscription"]
+
+# Events a subscriber may fall behind before it is dropped.
+DEFAULT_BUFFER = 1000
+# Stored events read per replay query.
+_REPLAY_PAGE = 1000
+_ids = itertools.count(1)
+
+
+class Subscription:
+    """An async iterator of :class:`JobEvent`, and an async context manager that detaches it.
+
+    Raises :class:`SubscriberDroppedError` from ``__anext__`` if it fell more than ``buffer``
+    events behind (resume with ``since=`` the last seq seen), and ``StopAsyncIteration`` when the
+    server stops.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        notifier: trio.MemorySendChannel[Envelope[Message]],
+        *,
+        job_id: int | None = None,
+        user: str | None = None,
+        since: int | None = None,
+        buffer: int = DEFAULT_BUFFER,
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._job_id = job_id
+        self._user = user
+        self._cursor = since
+        self._buffer = buffer
+        self._pending: deque[JobEvent] = deque()
+        self._live: trio.MemoryReceiveChannel[JobEvent] | None = None
+        self._sink: Sink | None = None
+        self._sub_id = next(_ids)
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the last event delivered (or the ``since`` it started from)."""
+        return self._cursor
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Detach from the notifier and close the channel.  Idempotent; never blocks."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._live is not None:
+            self._live.close()
+            # Best effort: were the inbox full, the notifier still finds the closed channel
+            # on its next publish and forgets the subscriber then.
+            with contextlib.suppress(
+                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                self._notifier.send_nowait(Envelope(Detach(sub_id=self._sub_id)))
+
+    async def __anext__(self) -> JobEvent:
+        """The next event.  Waits on the store (replay) or the notifier (live)."""
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._pending:
+                event = self._pending.popleft()
+            elif self._live is None:
+                await self._catch_up()
+                continue
+            else:
+                event = await self._receive_live()
+            if self._cursor is None or event.seq > self._cursor:
+                self._cursor = event.seq
+                return event
+
+    async def _receive_live(self) -> JobEvent:
+        assert self._live is not None
+        assert self._sink is not None
+        try:
+            return await self._live.receive()
+        except trio.EndOfChannel:
+            reason = self._sink.reason
+            await self.aclose()
+            if reason is not None and reason.startswith("subscriber fell"):
+                raise SubscriberDroppedError(reason) from None
+            raise StopAsyncIteration from None
+
+    async def _catch_up(self) -> None:
+        """Replay one page from the store, or attach to the notifier if the replay is done."""
+        if self._cursor is not None:
+            page = await self._store.events_after(
+                self._cursor, job_id=self._job_id, user=self._user, limit=_REPLAY_PAGE
+            )
+            if page:
+                self._pending.extend(page)
+                if len(page) == _REPLAY_PAGE:
+                    return
+        await self._attach()
+
+    async def _attach(self) -> None:
+        send, receive = trio.open_memory_channel[JobEvent](self._buffer)
+        sink = Sink(send, self._buffer, job_id=self._job_id, user=self._user)
+        since = self._pending[-1].seq if self._pending else self._cursor
+        attach = Attach(sub_id=self._sub_id, since=since, job_id=self._job_id, user=self._user)
+        try:
+            reply = await call(self._notifier, attach, stream=sink)
+        except SchedulerClosedError:
+            send.close()
+            receive.close()
+            self._closed = True
+            raise StopAsyncIteration from None
+        if isinstance(reply, Attached):
+            self._live, self._sink = receive, sink
+            return
+        receive.close()
+        if isinstance(reply, Failure):
+            raise reply.error()
+        # ReplayNeeded: the notifier's memory does not reach back to our cursor; read on.

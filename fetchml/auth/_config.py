@@ -1,0 +1,242 @@
+"""The auth config: its msgspec schema, validation, and role → permission resolution.
+
+Parsing runs in two steps.  msgspec checks the shape (types, unknown and missing fields), one
+mapping entry at a time so that every error names its full path (msgspec itself elides mapping
+keys as ``[...]``); then the meaning is checked (roles and permissions exist, hashes look like
+bcrypt, key ids are unique).  Every failure is a ``ConfigError`` whose message starts with the
+source and the field path, e.g. ``auth.yaml: auth.api_keys.alice.roles[0]: unknown role 'x'``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, NoReturn, TypeVar
+
+import msgspec
+
+from fetchml.errors import ConfigError
+
+from ._keys import is_bcrypt_hash, is_key_id
+from ._permissions import ALL_PERMISSIONS, BUILTIN_ROLES, ROLE_ADMIN
+from ._principal import Principal
+
+__all__ = ["NAME_RULE", "AuthConfig", "UserEntry", "is_valid_name", "parse_auth_config"]
+
+T = TypeVar("T")
+
+NAME_RULE: Final = "1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_MSGSPEC_ERROR_RE: Final = re.compile(
+    r"(?P<msg>.*?)(?: - at (?P<in_key>`key` in )?`\$(?P<path>[^`]*)`)?", re.DOTALL
+)
+_FIELD_RE: Final = re.compile(
+    r"Object (?P<what>contains unknown|missing required) field `(?P<f>.*)`"
+)
+
+
+class UserEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One user's entry under ``auth.api_keys``.  Treat ``permissions`` as read-only."""
+
+    hash: str
+    key_id: str | None = None
+    admin: bool = False
+    roles: tuple[str, ...] = ()
+    permissions: dict[str, bool] = {}
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``auth:`` section.  Build it with :func:`parse_auth_config`, which validates it."""
+
+    enabled: bool = True
+    api_keys: dict[str, UserEntry] = {}
+    roles: dict[str, tuple[str, ...]] = {}
+
+    def has_role(self, role: str) -> bool:
+        """Return whether ``role`` is built in or defined under ``roles``."""
+        return role in BUILTIN_ROLES or role in self.roles
+
+    def principal_for(self, user: str) -> Principal:
+        """Resolve ``user``'s roles and extra permissions into a :class:`Principal`.
+
+        An admin (``admin: true`` or the ``admin`` role) holds every permission.  Otherwise the
+        permissions are the union of the roles', plus extras set ``true``, minus extras set
+        ``false``.  Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role
+        (only possible in a config that did not come through :func:`parse_auth_config`).
+        """
+        entry = self.api_keys[user]
+        admin = entry.admin or ROLE_ADMIN in entry.roles
+        if admin:
+            return Principal(user=user, roles=entry.roles, permissions=ALL_PERMISSIONS, admin=True)
+        granted: set[str] = set()
+        for role in entry.roles:
+            if role in BUILTIN_ROLES:
+                granted |= BUILTIN_ROLES[role]
+            elif role in self.roles:
+                granted.update(self.roles[role])
+            else:
+                raise ConfigError(f"user {user!r} has unknown role {role!r}")
+        for permission, on in entry.permissions.items():
+            if on:
+                granted.add(permission)
+            else:
+                granted.discard(permission)
+        return Principal(user=user, roles=entry.roles, permissions=frozenset(granted), admin=False)
+
+
+class _RawSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    api_keys: dict[str, Any] = {}
+    roles: dict[str, Any] = {}
+
+
+class _RawUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    hash: str
+    key_id: str | None = None
+    admin: bool = False
+    roles: tuple[str, ...] = ()
+    permissions: dict[str, Any] = {}
+
+
+def is_valid_name(name: str) -> bool:
+    """Return whether ``name`` is acceptable as a user or role name (see ``NAME_RULE``)."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def parse_auth_config(data: object, *, source: str) -> AuthConfig:
+    """Validate an already-loaded ``auth:`` section and return it as an :class:`AuthConfig`.
+
+    ``source`` names where the data came from (a file name) and starts every error message.
+    Waits on nothing.  Raises ``ConfigError`` naming the source and the field path for a wrong
+    type, an unknown or missing field, an unknown role or permission, a value that is not a
+    bcrypt hash, a malformed or duplicate key id, or an invalid user or role name.
+    """
+    section = convert_checked(data, _RawSection, source=source, path="auth")
+    roles = {
+        name: _parse_role(name, perms, source=source)
+        for name, perms in _checked_names(section.roles, source=source, path="auth.roles")
+    }
+    config = AuthConfig(enabled=section.enabled, roles=roles)
+    users = {
+        name: _parse_user(config, f"auth.api_keys.{name}", raw, source=source)
+        for name, raw in _checked_names(section.api_keys, source=source, path="auth.api_keys")
+    }
+    _check_unique_key_ids(users, source=source)
+    return AuthConfig(enabled=section.enabled, api_keys=users, roles=roles)
+
+
+def with_user(config: AuthConfig, user: str, entry: UserEntry, *, source: str) -> AuthConfig:
+    """Return a checked copy of ``config`` where ``user``'s entry is ``entry`` (new or replaced).
+
+    Raises ``ConfigError`` as :func:`parse_auth_config` does when the result would not be valid.
+    """
+    section = to_builtins(config)
+    section["api_keys"][user] = entry_to_builtins(entry)
+    return parse_auth_config(section, source=source)
+
+
+def to_builtins(config: AuthConfig) -> dict[str, Any]:
+    """Return ``config`` as plain dicts and lists, the shape of an ``auth:`` section in YAML."""
+    return {
+        "enabled": config.enabled,
+        "api_keys": {user: entry_to_builtins(entry) for user, entry in config.api_keys.items()},
+        "roles": {name: list(perms) for name, perms in config.roles.items()},
+    }
+
+
+def entry_to_builtins(entry: UserEntry) -> dict[str, Any]:
+    """Return one user entry as a plain dict, leaving out an absent key id and empty extras."""
+    out: dict[str, Any] = {"hash": entry.hash}
+    if entry.key_id is not None:
+        out["key_id"] = entry.key_id
+    out["admin"] = entry.admin
+    out["roles"] = list(entry.roles)
+    if entry.permissions:
+        out["permissions"] = dict(entry.permissions)
+    return out
+
+
+def _parse_role(name: str, perms: object, *, source: str) -> tuple[str, ...]:
+    path = f"auth.roles.{name}"
+    if name in BUILTIN_ROLES:
+        _fail(source, path, f"role {name!r} is built in and cannot be redefined")
+    permissions = convert_checked(perms, tuple[str, ...], source=source, path=path)
+    for index, permission in enumerate(permissions):
+        if permission not in ALL_PERMISSIONS:
+            _fail(source, f"{path}[{index}]", f"unknown permission {permission!r}")
+    return permissions
+
+
+def _parse_user(config: AuthConfig, path: str, data: object, *, source: str) -> UserEntry:
+    raw = convert_checked(data, _RawUser, source=source, path=path)
+    if not is_bcrypt_hash(raw.hash):
+        # The value is never echoed: a plaintext key pasted here by mistake must not reach logs.
+        _fail(source, f"{path}.hash", "not a bcrypt hash (expected '$2b$<cost>$' + 53 characters)")
+    if raw.key_id is not None and not is_key_id(raw.key_id):
+        _fail(source, f"{path}.key_id", "a key id is 12 characters of a-z and 2-7")
+    for index, role in enumerate(raw.roles):
+        if not config.has_role(role):
+            _fail(source, f"{path}.roles[{index}]", f"unknown role {role!r}")
+    admin = raw.admin or ROLE_ADMIN in raw.roles
+    permissions: dict[str, bool] = {}
+    for permission, value in raw.permissions.items():
+        where = f"{path}.permissions.{permission}"
+        if permission not in ALL_PERMISSIONS:
+            _fail(source, where, f"unknown permission {permission!r}")
+        on = convert_checked(value, bool, source=source, path=where)
+        if admin and not on:
+            _fail(source, where, "an admin holds every permission; none can be removed")
+        permissions[permission] = on
+    return UserEntry(
+        hash=raw.hash, key_id=raw.key_id, admin=raw.admin, roles=raw.roles, permissions=permissions
+    )
+
+
+def _checked_names(mapping: dict[str, Any], *, source: str, path: str) -> list[tuple[str, Any]]:
+    for name in mapping:
+        if not is_valid_name(name):
+            _fail(source, f"{path}.{name}", f"invalid name {name!r}: use {NAME_RULE}")
+    return list(mapping.items())
+
+
+def _check_unique_key_ids(users: dict[str, UserEntry], *, source: str) -> None:
+    owners: dict[str, str] = {}
+    for user, entry in users.items():
+        if entry.key_id is None:
+            continue
+        if entry.key_id in owners:
+            _fail(
+                source,
+                f"auth.api_keys.{user}.key_id",
+                f"key id already used by user {owners[entry.key_id]!r}",
+            )
+        owners[entry.key_id] = user
+
+
+def convert_checked(data: object, type_: type[T], *, source: str, path: str) -> T:
+    """Return ``msgspec.convert(data, type_)``; raise ``ConfigError`` naming ``source`` and path."""
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(str(exc), source=source, path=path)) from None
+
+
+def _describe(error: str, *, source: str, path: str) -> str:
+    """Rewrite a msgspec validation message into ``source: field.path: what is wrong``."""
+    match = _MSGSPEC_ERROR_RE.fullmatch(error)
+    message, sub = (match["msg"], match["path"] or "") if match else (error, "")
+    where = path + sub
+    field = _FIELD_RE.fullmatch(message)
+    if field:
+        where = f"{where}.{field['f']}"
+        message = "unknown field" if field["what"] == "contains unknown" else "missing field"
+    else:
+        message = message.replace("`object`", "a mapping").replace("`array`", "a list")
+        message = message[:1].lower() + message[1:]
+        if match and match["in_key"]:
+            message = f"{message} (in a mapping key)"
+    where = where.lstrip(".")
+    return f"{source}: {where}: {message}" if where else f"{source}: {message}"
+
+
+def _fail(source: str, path: str, message: str) -> NoReturn:
+    raise ConfigError(f"{source}: {path}: {message}")

@@ -1,0 +1,162 @@
+"""Reading and writing the auth file (``{auth: {...}}`` in YAML), and creating it on first start.
+
+Writes are atomic (a private temp file in the same directory, fsync, then rename) and the file is
+always mode 0600: it holds only hashes, but a leaked hash is still an offline brute-force target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import yaml
+
+from fetchml.errors import ConfigError
+
+from ._config import AuthConfig, UserEntry, convert_checked, parse_auth_config, to_builtins
+from ._keys import DEFAULT_ROUNDS, generate_key, hash_key
+from ._permissions import ROLE_ADMIN
+
+__all__ = ["ensure_auth_file", "load_auth_file", "write_auth_file"]
+
+FILE_MODE: Final = 0o600
+_HEADER: Final = (
+    "# Fetch ML auth config. Only bcrypt hashes of API keys are stored here.\n"
+    "# Add or replace a user's key with: fetchml keys new --user NAME --role ROLE\n"
+)
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+
+class _File(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    auth: Any
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate mapping keys instead of keeping the last one.
+
+    A second entry for the same user would otherwise silently replace the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            with contextlib.suppress(TypeError):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_auth_file(path: str | os.PathLike[str]) -> AuthConfig:
+    """Read and validate an auth file whose top level is ``{auth: {...}}``.
+
+    Blocks on file I/O.  Raises ``ConfigError`` (its message starts with the path) when the file
+    cannot be read, is not valid YAML, has a duplicate key, or fails :func:`parse_auth_config`.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {_reason(exc)}") from None
+    try:
+        # _StrictLoader is a SafeLoader: no arbitrary Python objects are constructed.
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: invalid YAML{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; expected an 'auth:' section")
+    top = convert_checked(data, _File, source=source, path="")
+    return parse_auth_config(top.auth, source=source)
+
+
+def write_auth_file(path: str | os.PathLike[str], config: AuthConfig) -> None:
+    """Write ``config`` to ``path`` atomically with mode 0600, creating parent directories.
+
+    Blocks on file I/O (with fsync).  Replaces an existing file.  Raises ``ConfigError`` when the
+    file or its directory cannot be written.
+    """
+    _write_private(Path(path), _render(config), replace=True)
+
+
+def ensure_auth_file(path: str | os.PathLike[str], *, rounds: int = DEFAULT_ROUNDS) -> str | None:
+    """Create the auth file on first start, with one admin user, and return that user's new key.
+
+    If ``path`` already exists, return ``None`` and touch nothing.  Otherwise write a file (mode
+    0600, atomically, parent directories created) with user ``admin`` (``admin: true``, role
+    ``admin``) and return the generated key: the caller shows it once; it is stored nowhere.
+    If another process creates the file at the same moment, its file is kept and ``None`` is
+    returned.  Blocks on bcrypt (about 200 ms at cost 12) and file I/O.  Raises ``ConfigError``
+    when the file cannot be written.
+    """
+    target = Path(path)
+    if target.exists():
+        return None
+    key_id, key = generate_key()
+    entry = UserEntry(hash=hash_key(key, rounds), key_id=key_id, admin=True, roles=(ROLE_ADMIN,))
+    config = AuthConfig(enabled=True, api_keys={ROLE_ADMIN: entry})
+    return key if _write_private(target, _render(config), replace=False) else None
+
+
+def _render(config: AuthConfig) -> str:
+    body = yaml.safe_dump({"auth": to_builtins(config)}, sort_keys=False, default_flow_style=False)
+    return _HEADER + body
+
+
+def _write_private(path: Path, text: str, *, replace: bool) -> bool:
+    """Write ``text`` to ``path`` via a 0600 temp file; return False if not ``replace`` and taken.
+
+    Without ``replace`` the temp file is hard-linked into place, which fails instead of
+    overwriting when the path appeared meanwhile.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {_reason(exc)}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        _fsync_directory(path.parent)
+        return True
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {_reason(exc)}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
