@@ -85,6 +85,33 @@ def _is_our_run(pid: int, job_id: int, attempt: int) -> bool:
     )
 
 
+def _find_supervisor(job_id: int, attempt: int, output: Path) -> int | None:
+    """The supervisor pid of this attempt, found by its environment in ``/proc``.
+
+    For a run whose pid file is missing: the server died between starting the supervisor and the
+    supervisor writing the file.  Rare, so scanning every process is affordable; the output dir
+    (unique per data dir) tells this server's job apart from another server's job with the same
+    id, and the supervisor is the one that leads its own session.
+    """
+    wanted = {
+        f"FETCHML_JOB_ID={job_id}".encode(),
+        f"FETCHML_ATTEMPT={attempt}".encode(),
+        f"FETCHML_OUTPUT_DIR={output}".encode(),
+    }
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:
+            continue
+        if wanted.issubset(environ.split(b"\0")):
+            with contextlib.suppress(ProcessLookupError):
+                if os.getsid(int(name)) == int(name):
+                    return int(name)
+    return None
+
+
 class LocalBackend(Backend[LocalRun]):
     """Runs jobs as local process groups under ``data_dir/jobs``."""
 
@@ -140,6 +167,8 @@ class LocalBackend(Backend[LocalRun]):
         directory = job_dir(self._data_dir, job.id)
         attempt = job.attempts
         pid = _read_int(directory / f"pid.{attempt}")
+        if pid is None and not (directory / f"exit.{attempt}").exists():
+            pid = _find_supervisor(job.id, attempt, directory / "output")
         if pid is not None and _is_our_run(pid, job.id, attempt):
             try:
                 pidfd = os.pidfd_open(pid)
@@ -167,6 +196,17 @@ class LocalBackend(Backend[LocalRun]):
         return _read_int(run.directory / f"exit.{run.attempt}")
 
     async def terminate(self, run: LocalRun, grace: float) -> None:
+        # A SIGTERM that lands before the job's program is exec'd is swallowed by the
+        # supervisor's trap (in the supervisor, or in its forked copy before exec) and never
+        # reaches the job, which would then only die by SIGKILL after the grace.  A run is in
+        # that state for about a process start, so wait that out first.
+        with trio.move_on_after(min(grace, _SETTLE_S)):
+            while not _settled(run.pid):
+                if run.ended.is_set():
+                    return
+                await trio.sleep(_SETTLE_POLL_S)
+        if run.ended.is_set():
+            return
         if not _signal_group(run.pid, signal.SIGTERM):
             return
         with trio.move_on_after(grace):
@@ -180,6 +220,31 @@ class LocalBackend(Backend[LocalRun]):
             trio.lowlevel.notify_closing(run.pidfd)
             os.close(run.pidfd)
             run.pidfd = -1
+
+
+# Most time terminate waits for a just-started run to exec its job, and how often it looks.
+_SETTLE_S = 1.0
+_SETTLE_POLL_S = 0.002
+
+
+def _settled(pid: int) -> bool:
+    """Whether a signal to the group of supervisor ``pid`` now reaches the job's program.
+
+    True once the supervisor has a child that is no longer a copy of itself (it has exec'd the
+    job), or when that cannot be told (no such pid, no ``/proc`` children list).
+    """
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        own = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    for child in children:
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes() != own:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

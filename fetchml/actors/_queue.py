@@ -49,10 +49,12 @@ class Pool:
 
     def fits(self, need: _Need, reserved: _Need | None = None) -> bool:
         r = reserved or _Need(0, 0, 0)
+        # A resource the job does not ask for always fits, even when a waiting job has reserved
+        # more of it than is free (else a job waiting for GPUs would hold up every CPU-only job).
         return (
-            need.cpus <= self.free_cpus - r.cpus
-            and need.memory_mb <= self.free_memory_mb - r.memory_mb
-            and need.gpus <= len(self.free_gpus) - r.gpus
+            (need.cpus == 0 or need.cpus <= self.free_cpus - r.cpus)
+            and (need.memory_mb == 0 or need.memory_mb <= self.free_memory_mb - r.memory_mb)
+            and (need.gpus == 0 or need.gpus <= len(self.free_gpus) - r.gpus)
         )
 
     def take(self, resources: Resources) -> tuple[int, ...]:

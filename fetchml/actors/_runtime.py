@@ -18,7 +18,13 @@ import trio
 
 from .._config import Config, discover_gpus, machine_memory_mb, make_config
 from .._models import Job, JobSpec, JobState, validate_spec
-from ..errors import FetchMLError, InvalidRequestError, JobNotFoundError
+from ..errors import (
+    FetchMLError,
+    InvalidRequestError,
+    JobNotFoundError,
+    SchedulerClosedError,
+    StoreError,
+)
 from ..store import Store
 from ._executor import EXECUTOR_INBOX_SIZE, Executor
 from ._local import LocalBackend, log_path
@@ -75,7 +81,9 @@ class Scheduler:
 
     async def get(self, job_id: int) -> Job:
         """The job's current version.  Raises :class:`JobNotFoundError`."""
-        job = await self._store.get(_check_id(job_id))
+        job_id = _check_id(job_id)
+        async with self._reading():
+            job = await self._store.get(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
         return job
@@ -95,9 +103,22 @@ class Scheduler:
             wanted = None if states is None else [JobState(s) for s in states]
         except ValueError as exc:
             raise InvalidRequestError(f"states: {exc}", field="states") from None
-        return await self._store.list_jobs(
-            user=user, states=wanted, limit=limit, before_id=before_id
-        )
+        async with self._reading():
+            return await self._store.list_jobs(
+                user=user, states=wanted, limit=limit, before_id=before_id
+            )
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """Around a store read: once the store is closed, that is SchedulerClosedError."""
+        if self._store.closed:
+            raise SchedulerClosedError("the scheduler has stopped")
+        try:
+            yield
+        except StoreError:
+            if self._store.closed:
+                raise SchedulerClosedError("the scheduler has stopped") from None
+            raise
 
     async def cancel(self, job_id: int, *, user: str) -> Job:
         """Cancel a job on behalf of ``user``; returns it once it has ended.
@@ -112,7 +133,10 @@ class Scheduler:
         return _job_of(reply)
 
     async def wait(self, job_id: int) -> Job:
-        """Wait until the job reaches a terminal state and return it."""
+        """Wait until the job reaches a terminal state and return it.
+
+        Raises :class:`SchedulerClosedError` if the scheduler stops first.
+        """
         job = await self.get(job_id)
         if job.terminal:
             return job
@@ -120,7 +144,11 @@ class Scheduler:
             async for event in events:
                 if event.job.terminal:
                     return event.job
-        return await self.get(job_id)
+        # The events ended: the scheduler is stopping.  Never hand back a job still running.
+        job = await self.get(job_id)
+        if job.terminal:
+            return job
+        raise SchedulerClosedError("the scheduler stopped before the job ended")
 
     def subscribe(
         self,

@@ -296,7 +296,8 @@ class SchedulerActor:
             }
         if code == 0:
             return JobState.SUCCEEDED, {"reason": None}
-        if job.attempts <= job.spec.max_retries:
+        # Runs lost without an exit status (requeues) were started too, but spent no retry.
+        if job.attempts - job.requeues <= job.spec.max_retries:
             reason = f"attempt {job.attempts} exited with code {code}; retrying"
             return JobState.QUEUED, {"reason": reason}
         return JobState.FAILED, {"reason": f"exited with code {code}"}

@@ -51,7 +51,9 @@ class Subscription:
         self._notifier = notifier
         self._job_id = job_id
         self._user = user
-        self._cursor = since
+        # "From now on" is "after the newest seq assigned so far"; pinning it here makes the
+        # subscription start at the moment it is created, not when it is first iterated.
+        self._cursor: int | None = since if since is not None else store.last_seq
         self._buffer = buffer
         self._pending: deque[JobEvent] = deque()
         self._live: trio.MemoryReceiveChannel[JobEvent] | None = None

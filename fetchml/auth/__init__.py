@@ -8,7 +8,16 @@ A verified key resolves to a :class:`Principal`, which answers permission questi
 from ._actor import BCRYPT_THREADS, INVALID_KEY, MISSING_KEY, AuthActor
 from ._config import NAME_RULE, AuthConfig, UserEntry, is_valid_name, parse_auth_config, with_user
 from ._file import ensure_auth_file, load_auth_file, write_auth_file
-from ._keys import DEFAULT_ROUNDS, KEY_PREFIX, MAX_KEY_BYTES, generate_key, hash_key, key_id_of
+from ._keys import (
+    DEFAULT_ROUNDS,
+    KEY_PREFIX,
+    MAX_KEY_BYTES,
+    MAX_ROUNDS,
+    MIN_ROUNDS,
+    generate_key,
+    hash_key,
+    key_id_of,
+)
 from ._permissions import (
     ALL_PERMISSIONS,
     BUILTIN_ROLES,
@@ -38,6 +47,8 @@ __all__ = [
     "JOBS_UPDATE_ALL",
     "KEY_PREFIX",
     "MAX_KEY_BYTES",
+    "MAX_ROUNDS",
+    "MIN_ROUNDS",
     "MISSING_KEY",
     "NAME_RULE",
     "ROLE_ADMIN",

@@ -16,7 +16,7 @@ import msgspec
 
 from fetchml.errors import ConfigError
 
-from ._keys import is_bcrypt_hash, is_key_id
+from ._keys import bcrypt_hash_problem, is_key_id
 from ._permissions import ALL_PERMISSIONS, BUILTIN_ROLES, ROLE_ADMIN
 from ._principal import Principal
 
@@ -168,9 +168,9 @@ def _parse_role(name: str, perms: object, *, source: str) -> tuple[str, ...]:
 
 def _parse_user(config: AuthConfig, path: str, data: object, *, source: str) -> UserEntry:
     raw = convert_checked(data, _RawUser, source=source, path=path)
-    if not is_bcrypt_hash(raw.hash):
-        # The value is never echoed: a plaintext key pasted here by mistake must not reach logs.
-        _fail(source, f"{path}.hash", "not a bcrypt hash (expected '$2b$<cost>$' + 53 characters)")
+    hash_problem = bcrypt_hash_problem(raw.hash)
+    if hash_problem is not None:
+        _fail(source, f"{path}.hash", hash_problem)
     if raw.key_id is not None and not is_key_id(raw.key_id):
         _fail(source, f"{path}.key_id", "a key id is 12 characters of a-z and 2-7")
     for index, role in enumerate(raw.roles):

@@ -18,9 +18,11 @@ __all__ = [
     "KEY_ID_LENGTH",
     "KEY_PREFIX",
     "MAX_KEY_BYTES",
+    "MAX_ROUNDS",
+    "MIN_ROUNDS",
+    "bcrypt_hash_problem",
     "generate_key",
     "hash_key",
-    "is_bcrypt_hash",
     "is_key_id",
     "key_id_of",
 ]
@@ -35,7 +37,15 @@ DEFAULT_ROUNDS: Final = 12
 MAX_KEY_BYTES: Final = 72
 
 _KEY_ID_RE: Final = re.compile(rf"[{KEY_ID_ALPHABET}]{{{KEY_ID_LENGTH}}}")
-_BCRYPT_RE: Final = re.compile(r"\$2[abxy]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+MIN_ROUNDS: Final = 4
+# Each step doubles the cost: 16 is about 3 s per check here, and a hash above it would hold a
+# bcrypt worker thread for minutes on every new key, so it is refused rather than honoured.
+MAX_ROUNDS: Final = 16
+# The salt is 22 base64 characters for 128 bits, so its last character can only be one of
+# ".Oeu"; bcrypt refuses any other ("Invalid salt"), which must surface at config load.
+_BCRYPT_RE: Final = re.compile(
+    r"\$2[abxy]\$(?P<cost>[0-9]{2})\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}"
+)
 _SECRET_START: Final = len(KEY_PREFIX) + KEY_ID_LENGTH + 1
 
 
@@ -53,15 +63,17 @@ def hash_key(key: str, rounds: int = DEFAULT_ROUNDS) -> str:
 
     Runs bcrypt on the calling thread (about 200 ms at cost 12): call it through
     ``trio.to_thread.run_sync`` from async code.  Raises ``ValueError`` for an empty key, a key
-    over 72 bytes in UTF-8, or ``rounds`` outside 4..31.
+    over 72 bytes in UTF-8, or ``rounds`` outside 4..16.
     """
     raw = key.encode()
     if not raw:
         raise ValueError("an API key cannot be empty")
     if len(raw) > MAX_KEY_BYTES:
         raise ValueError(f"an API key can be at most {MAX_KEY_BYTES} bytes")
-    if not 4 <= rounds <= 31:
-        raise ValueError(f"bcrypt rounds must be between 4 and 31, not {rounds}")
+    if not MIN_ROUNDS <= rounds <= MAX_ROUNDS:
+        raise ValueError(
+            f"bcrypt rounds must be between {MIN_ROUNDS} and {MAX_ROUNDS}, not {rounds}"
+        )
     return bcrypt.hashpw(raw, bcrypt.gensalt(rounds)).decode("ascii")
 
 
@@ -80,6 +92,15 @@ def is_key_id(value: str) -> bool:
     return _KEY_ID_RE.fullmatch(value) is not None
 
 
-def is_bcrypt_hash(value: str) -> bool:
-    """Return whether ``value`` has the shape of a bcrypt hash (``$2b$12$`` + 53 characters)."""
-    return _BCRYPT_RE.fullmatch(value) is not None
+def bcrypt_hash_problem(value: str) -> str | None:
+    """Return why ``value`` is not a usable bcrypt hash, or ``None`` if it is one.
+
+    The reason never quotes the value: a plaintext key pasted in its place must not reach logs.
+    """
+    match = _BCRYPT_RE.fullmatch(value)
+    if match is None:
+        return "not a bcrypt hash (expected '$2b$<cost>$' + 53 characters)"
+    cost = int(match["cost"])
+    if not MIN_ROUNDS <= cost <= MAX_ROUNDS:
+        return f"bcrypt cost {cost} is outside {MIN_ROUNDS}..{MAX_ROUNDS}"
+    return None

@@ -15,6 +15,8 @@ from typing import Final
 
 from fetchml.auth import (
     DEFAULT_ROUNDS,
+    MAX_ROUNDS,
+    MIN_ROUNDS,
     NAME_RULE,
     ROLE_ADMIN,
     AuthConfig,
@@ -82,7 +84,7 @@ def _add_rounds(parser: argparse.ArgumentParser) -> None:
         "--rounds",
         type=int,
         default=DEFAULT_ROUNDS,
-        help=f"bcrypt cost factor, 4 to 31 (default: {DEFAULT_ROUNDS})",
+        help=f"bcrypt cost factor, {MIN_ROUNDS} to {MAX_ROUNDS} (default: {DEFAULT_ROUNDS})",
     )
 
 

@@ -86,6 +86,7 @@ class Store:
         self._read_limiter = trio.CapacityLimiter(_CONNECTION_THREADS)
         self.next_job_id = 1 + (writer.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0)
         self.next_seq = 1 + (writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
+        self.closed = False
 
     @classmethod
     async def open(cls, data_dir: Path, *, synchronous: str = "full") -> Store:
@@ -113,6 +114,7 @@ class Store:
 
     async def aclose(self) -> None:
         """Close both connections, after any commit or query in flight.  Safe to call twice."""
+        self.closed = True
         async with self._write_limiter, self._read_limiter:
             self._writer.close()
             self._reader.close()

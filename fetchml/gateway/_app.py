@@ -1,0 +1,90 @@
+"""The Quart-Trio application: HTTP routes, the WebSocket endpoint and JSON errors."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart import Response, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .._config import ServerSettings
+from ..errors import AuthError, FetchMLError
+from ._http import api_key_from, json_response, register_http
+from ._metrics import Metrics
+from ._service import Service
+from ._wire import error_body
+from ._ws import Connection
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("fetchml.gateway")
+
+
+def create_app(
+    service: Service, settings: ServerSettings, closing: trio.Event, metrics: Metrics | None = None
+) -> QuartTrio:
+    """Build the app around running actors.
+
+    ``closing`` is set by the server before it stops hypercorn, so every WebSocket closes itself
+    with 1001 instead of being dropped.
+    """
+    app = QuartTrio("fetchml")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = 60
+    metrics = metrics or Metrics()
+    register_http(app, service, metrics)
+
+    @app.websocket("/ws")
+    async def ws() -> Response | None:
+        key = api_key_from(websocket.headers)
+        principal = None
+        if key is not None:
+            try:
+                principal = await service.authenticate(key)
+            except AuthError as exc:
+                return _error_response(exc)
+        await websocket.accept()
+        metrics.websockets.inc()
+        try:
+            await Connection(
+                service, closing, principal, subscriber_buffer=settings.subscriber_buffer
+            ).serve()
+        finally:
+            metrics.websockets.dec()
+        return None
+
+    @app.errorhandler(FetchMLError)
+    async def fetchml_error(exc: FetchMLError) -> Response:
+        return _error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        status = exc.code or 500
+        message = exc.description or exc.name or "error"
+        if status == 413:
+            message = f"request body larger than {settings.max_body_bytes} bytes"
+        return json_response({"error": {"code": code, "message": message}}, status=status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error in a request")
+        return json_response(
+            {"error": {"code": "internal", "message": "internal server error"}}, status=500
+        )
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    return app
+
+
+def _error_response(exc: FetchMLError) -> Response:
+    response = json_response({"error": error_body(exc)}, status=exc.status)
+    if isinstance(exc, AuthError):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fetchml"'
+    return response

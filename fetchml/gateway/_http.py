@@ -1,0 +1,145 @@
+"""The HTTP API under ``/api/v1`` (JSON), plus ``/health`` and ``/metrics``.
+
+Routes authenticate with ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` and hand the
+work to :class:`Service`; errors raised anywhere become ``{"error": {"code", "message"}}`` with
+the status of the error class (see ``_app.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from quart import Quart, Response, request
+
+from .._models import JobSpec, JobState, describe_validation_error
+from ..auth import Principal
+from ..errors import InvalidRequestError, InvalidSpecError
+from ._metrics import Metrics
+from ._openapi import openapi_document
+from ._service import Service
+
+__all__ = ["api_key_from", "json_response", "register_http"]
+
+_json = msgspec.json.Encoder()
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(_json.encode(payload), status=status, content_type="application/json")
+
+
+def api_key_from(headers: Any) -> str | None:
+    """The API key of a request: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    authorization = headers.get("Authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return str(credentials.strip())
+    key = headers.get("X-API-Key")
+    return str(key).strip() if key else None
+
+
+def _int_arg(name: str, default: int | None, *, low: int, high: int = 2**53) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequestError(f"{name}: not an integer: {raw!r}", field=name) from None
+    if not low <= value <= high:
+        raise InvalidRequestError(f"{name}: must be {low} to {high}", field=name)
+    return value
+
+
+def _states_arg() -> list[JobState] | None:
+    raw = [s for value in request.args.getlist("state") for s in value.split(",") if s]
+    if not raw:
+        return None
+    try:
+        return [JobState(s) for s in raw]
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidRequestError(f"state: unknown state; one of {known}", field="state") from None
+
+
+def _decode_spec(body: bytes) -> JobSpec:
+    try:
+        return _spec_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        field, message = describe_validation_error(exc)
+        raise InvalidSpecError(message, field=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"body: invalid JSON: {exc}") from None
+
+
+def register_http(app: Quart, service: Service, metrics: Metrics) -> None:
+    """Add every HTTP route to ``app``."""
+
+    async def who() -> Principal:
+        return await service.authenticate(api_key_from(request.headers))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = await metrics.render(service.scheduler)
+        return Response(body, content_type=content_type)
+
+    @app.get("/api/v1/openapi.json")
+    async def openapi() -> Response:
+        return json_response(openapi_document())
+
+    @app.get("/api/v1/whoami")
+    async def whoami() -> Response:
+        return json_response(service.whoami(await who()))
+
+    @app.post("/api/v1/jobs")
+    async def submit() -> Response:
+        principal = await who()
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)
+        spec = _decode_spec(body)
+        return json_response({"job": await service.submit(principal, spec)}, status=201)
+
+    @app.get("/api/v1/jobs")
+    async def list_jobs() -> Response:
+        principal = await who()
+        jobs = await service.list(
+            principal,
+            user=request.args.get("user") or None,
+            states=_states_arg(),
+            limit=_int_arg("limit", 100, low=1, high=10_000) or 100,
+            before_id=_int_arg("before", None, low=1),
+        )
+        return json_response({"jobs": jobs})
+
+    @app.get("/api/v1/jobs/<int:job_id>")
+    async def get_job(job_id: int) -> Response:
+        return json_response({"job": await service.get(await who(), job_id)})
+
+    @app.post("/api/v1/jobs/<int:job_id>/cancel")
+    async def cancel_job(job_id: int) -> Response:
+        return json_response({"job": await service.cancel(await who(), job_id)})
+
+    @app.get("/api/v1/jobs/<int:job_id>/logs")
+    async def job_logs(job_id: int) -> Response:
+        principal = await who()
+        offset = _int_arg("offset", 0, low=0) or 0
+        follow = request.args.get("follow", "").lower() in ("1", "true", "yes")
+        chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                yield chunk
+
+        response = Response(body(), content_type="text/plain; charset=utf-8")
+        response.timeout = None  # a followed log streams for as long as the job runs
+        return response
+
+    @app.get("/api/v1/status")
+    async def status() -> Response:
+        return json_response({"status": await service.status(await who())})

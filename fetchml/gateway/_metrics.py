@@ -1,0 +1,71 @@
+"""Prometheus metrics at ``/metrics``, rendered by prometheus-client.
+
+Queue gauges are read from the scheduler at scrape time (one status request), so they are exact
+and cost nothing between scrapes.  No per-user labels: the endpoint needs no key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .._models import JobState
+from ..actors import Scheduler, StatusReport
+
+__all__ = ["Metrics"]
+
+
+class _QueueCollector(Collector):
+    def __init__(self) -> None:
+        self.report: StatusReport | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.report
+        if report is None:
+            return
+        jobs = GaugeMetricFamily("fetchml_jobs", "Active jobs by state", labels=["state"])
+        for state in (JobState.QUEUED, JobState.RUNNING):
+            jobs.add_metric([state.value], report.counts.get(state.value, 0))
+        yield jobs
+        for name, doc, value in (
+            ("fetchml_cpus_total", "CPUs the scheduler hands out", report.cpus_total),
+            ("fetchml_cpus_free", "CPUs not held by running jobs", report.cpus_free),
+            (
+                "fetchml_memory_mb_total",
+                "Memory (MiB) the scheduler hands out",
+                report.memory_mb_total,
+            ),
+            (
+                "fetchml_memory_mb_free",
+                "Memory (MiB) not held by running jobs",
+                report.memory_mb_free,
+            ),
+            ("fetchml_gpus_total", "GPUs the scheduler hands out", len(report.gpus_total)),
+            ("fetchml_gpus_free", "GPUs not held by running jobs", len(report.gpus_free)),
+            ("fetchml_event_seq", "Newest event sequence number", report.last_seq),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """The gateway's own counters plus the queue gauges, in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._queue = _QueueCollector()
+        self.registry.register(self._queue)
+        self.websockets = Gauge(
+            "fetchml_websocket_connections", "Open WebSocket connections", registry=self.registry
+        )
+        self.requests = Counter(
+            "fetchml_http_requests", "HTTP requests answered", ["status"], registry=self.registry
+        )
+
+    async def render(self, scheduler: Scheduler) -> tuple[bytes, str]:
+        """The exposition text.  Waits on one scheduler status request."""
+        self._queue.report = await scheduler.status()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

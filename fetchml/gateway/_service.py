@@ -1,0 +1,115 @@
+"""What every gateway operation does, independent of HTTP or WebSocket: authorization included.
+
+HTTP routes and WebSocket ops both call these methods with the caller's :class:`Principal`, so
+the visibility rules live in exactly one place: a caller sees a job only if it may read that
+job's owner's jobs; a job it may not see is reported as not found, never as forbidden, so its
+existence does not leak (cancel is the exception the contract names: 403 "you can only cancel your
+own jobs", and an analyst is told it lacks ``jobs:update``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from .._models import Job, JobSpec, JobState, validate_spec
+from ..actors import Scheduler, StatusReport, Subscription
+from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
+from ..errors import AuthError, JobNotFoundError, PermissionDeniedError
+
+__all__ = ["Service"]
+
+
+class Service:
+    """The operations of the gateway on behalf of authenticated principals."""
+
+    def __init__(self, scheduler: Scheduler, auth: AuthActor) -> None:
+        self.scheduler = scheduler
+        self.auth = auth
+
+    async def authenticate(self, key: str | None) -> Principal:
+        """The principal for an API key.  Raises :class:`AuthError` (401)."""
+        if not key:
+            if not self.auth.config.enabled:
+                return await self.auth.authenticate("")
+            raise AuthError("missing API key")
+        return await self.auth.authenticate(key)
+
+    async def submit(self, who: Principal, spec: JobSpec | Mapping[str, Any]) -> Job:
+        """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError."""
+        who.require(JOBS_CREATE)
+        return await self.scheduler.submit(validate_spec(spec), user=who.user)
+
+    async def get(self, who: Principal, job_id: int) -> Job:
+        """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""
+        self._require_some_read(who)
+        job = await self.scheduler.get(job_id)
+        if not who.can_read_job(job.user):
+            raise JobNotFoundError(job_id)
+        return job
+
+    async def list(
+        self,
+        who: Principal,
+        *,
+        user: str | None = None,
+        states: list[JobState] | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs ``who`` may see, newest first.  A researcher's list is always their own."""
+        self._require_some_read(who)
+        if not who.can(JOBS_READ_ALL):
+            if user not in (None, who.user):
+                raise PermissionDeniedError(
+                    f"missing permission {JOBS_READ_ALL}", permission=JOBS_READ_ALL
+                )
+            user = who.user
+        return await self.scheduler.list(user=user, states=states, limit=limit, before_id=before_id)
+
+    async def cancel(self, who: Principal, job_id: int) -> Job:
+        """Cancel a job; returns it once ended.  Raises 404 / 403 / 409 errors."""
+        job = await self.scheduler.get(job_id)
+        who.require_cancel_job(job.user)
+        return await self.scheduler.cancel(job_id, user=who.user)
+
+    async def status(self, who: Principal) -> StatusReport:
+        who.require(STATUS_READ)
+        return await self.scheduler.status()
+
+    async def logs(
+        self, who: Principal, job_id: int, *, offset: int = 0, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The job's log chunks, after checking ``who`` may see the job."""
+        await self.get(who, job_id)
+        return self.scheduler.logs(job_id, offset=offset, follow=follow)
+
+    async def subscribe(
+        self,
+        who: Principal,
+        *,
+        job_id: int | None = None,
+        since: int | None = None,
+        buffer: int,
+    ) -> Subscription:
+        """Events ``who`` may see: one job's, or all visible jobs' (own only for researchers)."""
+        if job_id is not None:
+            await self.get(who, job_id)
+            return self.scheduler.subscribe(job_id=job_id, since=since, buffer=buffer)
+        self._require_some_read(who)
+        user = None if who.can(JOBS_READ_ALL) else who.user
+        return self.scheduler.subscribe(user=user, since=since, buffer=buffer)
+
+    @staticmethod
+    def whoami(who: Principal) -> dict[str, Any]:
+        return {
+            "user": who.user,
+            "roles": list(who.roles),
+            "permissions": sorted(who.permissions),
+            "admin": who.admin,
+        }
+
+    @staticmethod
+    def _require_some_read(who: Principal) -> None:
+        if not (who.can(JOBS_READ) or who.can(JOBS_READ_ALL)):
+            raise PermissionDeniedError(f"missing permission {JOBS_READ}", permission=JOBS_READ)

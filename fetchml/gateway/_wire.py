@@ -1,0 +1,194 @@
+"""The WebSocket wire protocol: typed request frames, replies and events (msgpack or JSON).
+
+A request is a map ``{"op": <str>, "id": <int>, ...arguments}``; it decodes straight into one of
+the op structs below (the ``op`` value is the tag), so a bad frame is rejected with a message that
+names the field.  Binary frames are msgpack, text frames JSON; a reply goes back in the format of
+its request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from .._models import JobSpec, JobState, describe_validation_error
+from ..errors import FetchMLError, InvalidRequestError
+
+__all__ = [
+    "AuthOp",
+    "CancelOp",
+    "Codec",
+    "GetOp",
+    "ListOp",
+    "Request",
+    "StatusOp",
+    "SubmitOp",
+    "SubscribeOp",
+    "UnsubscribeOp",
+    "WhoamiOp",
+    "decode_request",
+    "error_body",
+]
+
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+JobIdArg = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Op(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", kw_only=True):
+    id: RequestId
+
+
+class AuthOp(_Op, frozen=True, kw_only=True, tag="auth"):
+    key: str
+
+
+class WhoamiOp(_Op, frozen=True, kw_only=True, tag="whoami"):
+    pass
+
+
+class SubmitOp(_Op, frozen=True, kw_only=True, tag="submit"):
+    spec: JobSpec
+
+
+class GetOp(_Op, frozen=True, kw_only=True, tag="get"):
+    job_id: JobIdArg
+
+
+class ListOp(_Op, frozen=True, kw_only=True, tag="list"):
+    user: str | None = None
+    state: list[JobState] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    before: JobIdArg | None = None
+
+
+class CancelOp(_Op, frozen=True, kw_only=True, tag="cancel"):
+    job_id: JobIdArg
+
+
+class SubscribeOp(_Op, frozen=True, kw_only=True, tag="subscribe"):
+    """Events of one job (``job_id``) or of every job the caller may see, after ``since``.
+
+    ``logs`` (with ``job_id``) also streams the job's log from byte ``offset``.
+    """
+
+    job_id: JobIdArg | None = None
+    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    logs: bool = False
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class UnsubscribeOp(_Op, frozen=True, kw_only=True, tag="unsubscribe"):
+    sub: int
+
+
+class StatusOp(_Op, frozen=True, kw_only=True, tag="status"):
+    pass
+
+
+Request = (
+    AuthOp
+    | WhoamiOp
+    | SubmitOp
+    | GetOp
+    | ListOp
+    | CancelOp
+    | SubscribeOp
+    | UnsubscribeOp
+    | StatusOp
+)
+
+
+OPS = frozenset(
+    str(op.__struct_config__.tag)
+    for op in (
+        AuthOp,
+        WhoamiOp,
+        SubmitOp,
+        GetOp,
+        ListOp,
+        CancelOp,
+        SubscribeOp,
+        UnsubscribeOp,
+        StatusOp,
+    )
+)
+
+
+class Codec:
+    """Encoders and decoders for one frame format (msgpack for binary frames, JSON for text)."""
+
+    def __init__(self, *, binary: bool) -> None:
+        self.binary = binary
+        if binary:
+            self._decode_request = msgspec.msgpack.Decoder(Request).decode
+            self._decode_any = msgspec.msgpack.Decoder().decode
+            self.encode = msgspec.msgpack.Encoder().encode
+        else:
+            self._decode_request = msgspec.json.Decoder(Request).decode
+            self._decode_any = msgspec.json.Decoder().decode
+            self.encode = msgspec.json.Encoder().encode
+
+    def frame(self, payload: Any) -> bytes | str:
+        data = self.encode(payload)
+        return data if self.binary else data.decode()
+
+
+MSGPACK = Codec(binary=True)
+JSON = Codec(binary=False)
+
+
+def decode_request(
+    data: bytes | str,
+) -> tuple[Codec, Request | None, int | None, FetchMLError | None]:
+    """Decode one frame: ``(codec, request, request id, error)``.
+
+    On a bad frame ``request`` is None and ``error`` says what is wrong; ``request id`` is then
+    recovered if the frame has a usable ``id``, so the error reply can name it.
+    """
+    codec = MSGPACK if isinstance(data, bytes) else JSON
+    raw = data if isinstance(data, bytes) else data.encode()
+    try:
+        request = codec._decode_request(raw)
+    except msgspec.ValidationError as exc:
+        return codec, None, _recover_id(codec, raw), _bad_frame(exc)
+    except msgspec.DecodeError as exc:
+        return codec, None, None, InvalidRequestError(f"malformed frame: {exc}")
+    return codec, request, request.id, None
+
+
+def _recover_id(codec: Codec, raw: bytes) -> int | None:
+    try:
+        frame = codec._decode_any(raw)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(frame, dict):
+        rid = frame.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= 2**53:
+            return rid
+    return None
+
+
+def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
+    field, message = describe_validation_error(exc)
+    if field == "op" and message.startswith("op: Invalid value"):
+        known = ", ".join(sorted(OPS))
+        return InvalidRequestError(
+            f"unknown op {message.removeprefix('op: Invalid value ')}; known ops: {known}",
+            field="op",
+        )
+    if "Expected `object`" in str(exc):
+        return InvalidRequestError("a frame must be a map with 'op' and 'id'")
+    return InvalidRequestError(message, field=field)
+
+
+def error_body(exc: FetchMLError) -> dict[str, Any]:
+    """The ``{"code", "message"}`` error object of the wire protocol and the HTTP API."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    field = getattr(exc, "field", None)
+    if field is not None:
+        body["field"] = field
+    permission = getattr(exc, "permission", None)
+    if permission is not None:
+        body["permission"] = permission
+    return body

@@ -1,0 +1,217 @@
+"""The WebSocket endpoint ``/ws``: one :class:`Connection` per client.
+
+Each request frame is answered by exactly one reply with its ``re`` id; requests run concurrently
+(at most :data:`MAX_IN_FLIGHT` per connection), so replies may come out of order.  ``subscribe`` is
+handled before the next frame is read, so a client that subscribes and then submits sees the
+events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
+up lets its subscription fall behind, which the notifier answers by dropping it, and the
+connection is then closed with a reason (1008).  At shutdown every connection is closed with 1001.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+from quart import websocket
+
+from ..auth import Principal
+from ..errors import AuthError, FetchMLError, SubscriberDroppedError
+from ._service import Service
+from ._wire import (
+    AuthOp,
+    CancelOp,
+    Codec,
+    GetOp,
+    ListOp,
+    Request,
+    StatusOp,
+    SubmitOp,
+    SubscribeOp,
+    UnsubscribeOp,
+    WhoamiOp,
+    decode_request,
+    error_body,
+)
+
+__all__ = ["MAX_IN_FLIGHT", "Connection"]
+
+log = logging.getLogger("fetchml.gateway")
+
+# Requests of one connection being processed at once; reading waits beyond that.
+MAX_IN_FLIGHT = 64
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+class Connection:
+    """Serves one accepted WebSocket until the client leaves or the server shuts down."""
+
+    def __init__(
+        self,
+        service: Service,
+        closing: trio.Event,
+        principal: Principal | None,
+        *,
+        subscriber_buffer: int,
+    ) -> None:
+        self._service = service
+        self._closing = closing
+        self._who = principal
+        self._buffer = subscriber_buffer
+        self._subs: dict[int, trio.CancelScope] = {}
+        self._next_sub = 1
+        self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self) -> None:
+        """Read and answer frames until the peer disconnects or the server closes.
+
+        Waits on the socket.  Raises nothing but cancellation: errors become error replies.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._close_on_shutdown)
+            while True:
+                data = await websocket.receive()
+                await self._slots.acquire()
+                codec, request, rid, error = decode_request(data)
+                if request is None:
+                    self._slots.release()
+                    assert error is not None
+                    await self._reply_error(codec, rid, error)
+                elif isinstance(request, AuthOp | SubscribeOp):
+                    try:
+                        await self._answer(codec, request)
+                    finally:
+                        self._slots.release()
+                else:
+                    nursery.start_soon(self._answer_and_release, codec, request)
+
+    async def _close_on_shutdown(self) -> None:
+        await self._closing.wait()
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def _close(self, code: int, reason: str) -> None:
+        await websocket.close(code, reason[:120])
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _answer_and_release(self, codec: Codec, request: Request) -> None:
+        try:
+            await self._answer(codec, request)
+        finally:
+            self._slots.release()
+
+    async def _answer(self, codec: Codec, request: Request) -> None:
+        try:
+            if self._who is None and not isinstance(request, AuthOp):
+                raise AuthError("not authenticated: send an auth op first")
+            payload = await self._perform(codec, request)
+        except FetchMLError as exc:
+            await self._reply_error(codec, request.id, exc)
+            if isinstance(request, AuthOp) and isinstance(exc, AuthError):
+                await self._close(CLOSE_POLICY, "authentication failed")
+            return
+        except Exception:
+            log.exception("op %s failed", type(request).__name__)
+            await self._reply_error(codec, request.id, FetchMLError("internal server error"))
+            return
+        await self._send(codec, {"re": request.id, "ok": True, **payload})
+
+    async def _perform(self, codec: Codec, request: Request) -> Mapping[str, Any]:
+        service = self._service
+        if isinstance(request, AuthOp):
+            self._who = await service.authenticate(request.key)
+            return service.whoami(self._who)
+        who = self._who
+        assert who is not None
+        match request:
+            case WhoamiOp():
+                return service.whoami(who)
+            case SubmitOp(spec=spec):
+                return {"job": await service.submit(who, spec)}
+            case GetOp(job_id=job_id):
+                return {"job": await service.get(who, job_id)}
+            case ListOp(user=user, state=state, limit=limit, before=before):
+                jobs = await service.list(
+                    who, user=user, states=state, limit=limit, before_id=before
+                )
+                return {"jobs": jobs}
+            case CancelOp(job_id=job_id):
+                return {"job": await service.cancel(who, job_id)}
+            case StatusOp():
+                return {"status": await service.status(who)}
+            case SubscribeOp() as op:
+                return await self._subscribe(codec, who, op)
+            case UnsubscribeOp(sub=sub):
+                scope = self._subs.pop(sub, None)
+                if scope is None:
+                    raise FetchMLError(f"no subscription {sub} on this connection")
+                scope.cancel()
+                return {"sub": sub}
+            case _:
+                raise TypeError(f"unhandled op {type(request).__name__}")
+
+    async def _subscribe(self, codec: Codec, who: Principal, op: SubscribeOp) -> dict[str, Any]:
+        subscription = await self._service.subscribe(
+            who, job_id=op.job_id, since=op.since, buffer=self._buffer
+        )
+        sub_id = self._next_sub
+        self._next_sub += 1
+        scope = trio.CancelScope()
+        self._subs[sub_id] = scope
+        assert self._nursery is not None
+        self._nursery.start_soon(self._forward_events, codec, sub_id, subscription, scope)
+        if op.logs and op.job_id is not None:
+            chunks = await self._service.logs(who, op.job_id, offset=op.offset, follow=True)
+            self._nursery.start_soon(
+                self._forward_logs, codec, sub_id, op.job_id, op.offset, chunks, scope
+            )
+        return {"sub": sub_id, "since": subscription.last_seq}
+
+    async def _forward_events(
+        self, codec: Codec, sub_id: int, subscription: Any, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            try:
+                async with subscription:
+                    async for event in subscription:
+                        frame = {"ev": "job", "seq": event.seq, "sub": sub_id, "job": event.job}
+                        await self._send(codec, frame)
+            except SubscriberDroppedError as exc:
+                await self._close(CLOSE_POLICY, f"too slow: {exc.message}")
+
+    async def _forward_logs(
+        self,
+        codec: Codec,
+        sub_id: int,
+        job_id: int,
+        offset: int,
+        chunks: Any,
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            position = offset
+            async for chunk in chunks:
+                data: bytes | str = chunk if codec.binary else chunk.decode(errors="replace")
+                frame = {
+                    "ev": "log",
+                    "sub": sub_id,
+                    "job_id": job_id,
+                    "offset": position,
+                    "data": data,
+                }
+                position += len(chunk)
+                await self._send(codec, frame)
+            await self._send(
+                codec, {"ev": "log_end", "sub": sub_id, "job_id": job_id, "offset": position}
+            )
+
+    async def _reply_error(self, codec: Codec, rid: int | None, exc: FetchMLError) -> None:
+        await self._send(codec, {"re": rid, "ok": False, "error": error_body(exc)})
+
+    async def _send(self, codec: Codec, payload: Mapping[str, Any]) -> None:
+        await websocket.send(codec.frame(payload))

@@ -1,0 +1,1 @@
+"""Helpers shared by the core tests (``tests/test_core_*.py``)."""
