@@ -48,3 +48,7 @@ class Backend(abc.ABC, Generic[R]):
 
         Returns once the forced stop has been sent or the run is gone; :meth:`wait` reports the end.
         """
+
+    @abc.abstractmethod
+    def release(self, run: R) -> None:
+        """Stop following ``run`` without affecting it (the server is stopping).  Idempotent."""

@@ -91,8 +91,8 @@ class Executor:
         if tracked is None or tracked.attempt != attempt or tracked.cause is not None:
             return
         tracked.cause = cause
-        if tracked.run is not None and self._nursery is not None:
-            self._nursery.start_soon(self._backend.terminate, tracked.run, self._grace)
+        if tracked.run is not None:
+            self._stop_now(tracked)
 
     async def _supervise(self, job: Job, adopt: bool) -> None:
         """Start or adopt one run, wait for its end (enforcing the timeout) and report it once.
@@ -126,18 +126,24 @@ class Executor:
         if isinstance(run, Ended):
             return exited("exit" if run.exit_code is not None else "vanished", run.exit_code)
         tracked.run = run
-        if tracked.cause is not None:
-            self._stop_now(tracked)
-        with trio.move_on_at(_deadline(job)) as timeout:
-            code = await self._backend.wait(run)
-        if timeout.cancelled_caught:
-            if tracked.cause is None:
-                tracked.cause = "timeout"
-                self._stop_now(tracked)
-            code = await self._backend.wait(run)
+        try:
+            code = await self._wait_enforcing_timeout(job, tracked)
+        finally:
+            self._backend.release(run)
         if tracked.cause is not None:
             return exited(tracked.cause, code)
         return exited("exit" if code is not None else "vanished", code)
+
+    async def _wait_enforcing_timeout(self, job: Job, tracked: _Tracked) -> int | None:
+        """Wait for the run's end; past the job's deadline, stop it and wait on."""
+        if tracked.cause is not None:
+            self._stop_now(tracked)
+        with trio.move_on_at(_deadline(job)) as timeout:
+            return await self._backend.wait(tracked.run)
+        if timeout.cancelled_caught and tracked.cause is None:
+            tracked.cause = "timeout"
+            self._stop_now(tracked)
+        return await self._backend.wait(tracked.run)
 
     def _stop_now(self, tracked: _Tracked) -> None:
         assert self._nursery is not None

@@ -85,19 +85,19 @@ def _is_our_run(pid: int, job_id: int, attempt: int) -> bool:
     )
 
 
-def _find_supervisor(job_id: int, attempt: int, output: Path) -> int | None:
-    """The supervisor pid of this attempt, found by its environment in ``/proc``.
+def _run_processes(job_id: int, attempt: int, output: Path) -> list[int]:
+    """Pids of every process of this attempt (supervisor and job), found by environment.
 
-    For a run whose pid file is missing: the server died between starting the supervisor and the
-    supervisor writing the file.  Rare, so scanning every process is affordable; the output dir
-    (unique per data dir) tells this server's job apart from another server's job with the same
-    id, and the supervisor is the one that leads its own session.
+    Used where no pid can be trusted: a missing pid file, or a run whose supervisor is gone.
+    Rare, so scanning every process is affordable; the output dir (unique per data dir) tells
+    this server's job apart from another server's job with the same id.
     """
     wanted = {
         f"FETCHML_JOB_ID={job_id}".encode(),
         f"FETCHML_ATTEMPT={attempt}".encode(),
         f"FETCHML_OUTPUT_DIR={output}".encode(),
     }
+    found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -106,10 +106,28 @@ def _find_supervisor(job_id: int, attempt: int, output: Path) -> int | None:
         except OSError:
             continue
         if wanted.issubset(environ.split(b"\0")):
-            with contextlib.suppress(ProcessLookupError):
-                if os.getsid(int(name)) == int(name):
-                    return int(name)
+            found.append(int(name))
+    return found
+
+
+def _find_supervisor(job_id: int, attempt: int, output: Path) -> int | None:
+    """The supervisor of this attempt: the one of its processes that leads its own session.
+
+    For a run whose pid file is missing: the server died between starting the supervisor and the
+    supervisor writing the file.
+    """
+    for pid in _run_processes(job_id, attempt, output):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getsid(pid) == pid:
+                return pid
     return None
+
+
+def _kill_leftovers(job_id: int, attempt: int, output: Path) -> None:
+    """SIGKILL what is left of a run whose supervisor is gone, so it never runs twice."""
+    for pid in _run_processes(job_id, attempt, output):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 class LocalBackend(Backend[LocalRun]):
@@ -179,6 +197,7 @@ class LocalBackend(Backend[LocalRun]):
                 if _is_our_run(pid, job.id, attempt):
                     return LocalRun(job.id, attempt, pid, pidfd, False, directory)
                 os.close(pidfd)
+        _kill_leftovers(job.id, attempt, directory / "output")
         return Ended(_read_int(directory / f"exit.{attempt}"))
 
     async def wait(self, run: LocalRun) -> int | None:
@@ -192,6 +211,10 @@ class LocalBackend(Backend[LocalRun]):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGKILL)
             _reap(run.pid)
+        else:
+            # Not our child: it is reaped elsewhere and its pid may already be reused, so find
+            # what the job left behind by its environment instead of by group id.
+            _kill_leftovers(run.job_id, run.attempt, run.directory / "output")
         run.ended.set()
         return _read_int(run.directory / f"exit.{run.attempt}")
 
@@ -214,8 +237,8 @@ class LocalBackend(Backend[LocalRun]):
             return
         _signal_group(run.pid, signal.SIGKILL)
 
-    def close(self, run: LocalRun) -> None:
-        """Release the run's pid file descriptor without waiting (server shutting down)."""
+    def release(self, run: LocalRun) -> None:
+        """Release the run's pid file descriptor; the run goes on (server shutting down)."""
         if run.pidfd != -1:
             trio.lowlevel.notify_closing(run.pidfd)
             os.close(run.pidfd)

@@ -123,10 +123,10 @@ class Scheduler:
     async def cancel(self, job_id: int, *, user: str) -> Job:
         """Cancel a job on behalf of ``user``; returns it once it has ended.
 
-        A queued job is cancelled at once; a running one gets SIGTERM, then SIGKILL after the
-        grace period, and is returned when its process is gone (its state says how it ended, in
-        case it finished first).  Raises :class:`JobNotFoundError`, or :class:`ConflictError` if
-        it had already ended.
+        A queued job is cancelled at once.  A running one gets SIGTERM to its process group, then
+        SIGKILL after the grace period, and is returned, ``cancelled``, when its process is gone
+        (also if it happened to exit by itself meanwhile: it was asked to stop).  Raises
+        :class:`JobNotFoundError`, or :class:`ConflictError` if it had already ended.
         """
         _check_user(user)
         reply = await call(self._inbox, Cancel(job_id=_check_id(job_id), user=user))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import msgspec
+
 from .._models import Job, JobSpec, JobState, validate_spec
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
@@ -73,9 +75,11 @@ class Service:
         who.require_cancel_job(job.user)
         return await self.scheduler.cancel(job_id, user=who.user)
 
-    async def status(self, who: Principal) -> StatusReport:
+    async def status(self, who: Principal) -> dict[str, Any]:
+        """The queue summary (as a plain map: the wire has no use for the message tag)."""
         who.require(STATUS_READ)
-        return await self.scheduler.status()
+        report: StatusReport = await self.scheduler.status()
+        return msgspec.structs.asdict(report)
 
     async def logs(
         self, who: Principal, job_id: int, *, offset: int = 0, follow: bool = False
