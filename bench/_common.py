@@ -7,13 +7,12 @@ and is imported as ``_common`` (the script's folder is first on ``sys.path``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import math
 import os
+import shutil
 import signal
 import statistics
-import struct
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -40,127 +39,149 @@ __all__ = [
 USER = "bench"
 
 
+# The disk these benchmarks were written on is ext4 *without a journal*.  There, to create a file
+# or folder the kernel skips, one by one, each free inode of the block group that was freed in the
+# last 1 to 6 minutes, and takes one of those only when nothing else is free: in a group whose
+# free inodes were all just freed (say, by the previous run deleting its data dir), every create
+# walks the whole group, ~0.4 ms instead of ~20 us.  Each job creates five inodes (its folder,
+# output folder, log, pid and exit files), so left alone, every figure would depend on what was
+# deleted nearby in the last minutes, by an earlier benchmark or by anyone's tests.  Hence: data
+# is removed only at the very end of a session, then flushed (sync: that shortens the slow
+# period); and a session starts by creating job-shaped folders until creation is cheap again,
+# which uses up the just-freed inodes nearby (they are removed with the session).  It prints what
+# that took and the cost per create it ended on.
+_SLOW_CREATE_US = 40.0
+_WARM_CHUNK_JOBS = 400
+_WARM_MAX_S = 60.0
+
+
 def bench_root() -> Path:
-    """Where the benchmark's temporary folder goes: ``$FETCHML_BENCH_DIR``, else the system's."""
-    return Path(os.environ.get("FETCHML_BENCH_DIR") or tempfile.gettempdir())
+    """Where the session folder goes: ``$FETCHML_BENCH_DIR``, else ``/var/tmp``.
+
+    ``/var/tmp`` rather than ``/tmp``: it is on disk where ``/tmp`` may be a tmpfs (on which
+    ``fsync`` costs nothing, flattering every durable figure), and test suites churn ``/tmp``.
+    """
+    chosen = os.environ.get("FETCHML_BENCH_DIR")
+    if chosen:
+        return Path(chosen)
+    if os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK):
+        return Path("/var/tmp")
+    return Path(tempfile.gettempdir())
 
 
-# The disk these benchmarks were written on is ext4 *without a journal*.  There the allocator skips,
-# one by one, every inode freed in the last 1 to 6 minutes when it creates a new one, so after a
-# run deletes ~10,000 job files, creating a file near them costs ~1 ms instead of ~10 us for
-# minutes -- and each job creates five (its folder, output folder, log, pid and exit files).  So
-# the session folder is marked as a "top directory" (chattr +T): ext4 then spreads its
-# sub-folders, the data dirs, over block groups with free room, away from recently freed inodes,
-# like a data dir that has lived on a disk for a while.  The cost of a file create is printed.
-_FS_IOC_GETFLAGS = 0x80086601
-_FS_IOC_SETFLAGS = 0x40086602
-_FS_TOPDIR_FL = 0x00020000
-_SLOW_CREATE_US = 60.0
+def create_cost_us(folder: Path, jobs: int) -> float:
+    """Mean microseconds per inode to lay out ``jobs`` job-like folders in a new folder.
 
-
-def _mark_topdir(folder: Path) -> None:
-    """Set the ext2/3/4 TOPDIR flag on ``folder`` if the filesystem supports it."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        flags = bytearray(8)
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
-        (value,) = struct.unpack("l", flags)
-        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", value | _FS_TOPDIR_FL))
-    except OSError:
-        pass  # not ext*: nothing to do
-    finally:
-        os.close(fd)
-
-
-def create_cost_us(folder: Path, count: int = 100) -> float:
-    """Mean microseconds to create one empty file in a fresh sub-folder of ``folder``."""
-    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=folder))
+    Each is what a job run creates: ``N/``, ``N/output/``, ``N/log``, ``N/pid.1``, ``N/exit.1``.
+    """
+    probe = Path(tempfile.mkdtemp(prefix="warm-", dir=folder))
     start = time.perf_counter()
-    for index in range(count):
-        os.close(os.open(probe / str(index), os.O_CREAT | os.O_WRONLY, 0o600))
-    return (time.perf_counter() - start) / count * 1e6
+    for index in range(jobs):
+        job = probe / str(index)
+        (job / "output").mkdir(parents=True)
+        for name in ("log", "pid.1", "exit.1"):
+            os.close(os.open(job / name, os.O_CREAT | os.O_WRONLY, 0o600))
+    return (time.perf_counter() - start) / (jobs * 5) * 1e6
+
+
+def _warm_up(folder: Path) -> None:
+    """Create job-shaped folders in ``folder`` until that is cheap (or a minute has passed)."""
+    start = time.monotonic()
+    chunks = 0
+    while True:
+        cost = create_cost_us(folder, _WARM_CHUNK_JOBS)
+        chunks += 1
+        elapsed = time.monotonic() - start
+        if cost <= _SLOW_CREATE_US or elapsed >= _WARM_MAX_S:
+            break
+    note = ""
+    if chunks > 1:
+        note = f" (after {chunks * _WARM_CHUNK_JOBS * 5:,} creates in {elapsed:.0f} s, see _common)"
+    if cost > _SLOW_CREATE_US:
+        note += "  SLOW: the job figures will suffer"
+    print(f"  data dirs in {folder.parent}: {cost:.0f} us per file create{note}", flush=True)
 
 
 @contextlib.contextmanager
-def bench_session(title: str) -> Iterator[None]:
-    """Print the title; hold the session folder for :func:`bench_dir`; remove it at the end."""
+def bench_session(title: str, *, runs_jobs: bool = True) -> Iterator[None]:
+    """Print the title; make, warm and hold the session folder for :func:`bench_dir`.
+
+    Warms only if the benchmark ``runs_jobs`` (creates job folders).  Removes the folder (after
+    killing any job process left) and flushes the disk at the end.
+    """
     global _session
     print(title, flush=True)
-    with tempfile.TemporaryDirectory(prefix="fetchml-bench-", dir=bench_root()) as name:
-        _session = Path(name)
-        try:
-            _mark_topdir(_session)
-            cost = create_cost_us(_session)
-            note = "  (slow here; data dirs are placed elsewhere)" if cost > _SLOW_CREATE_US else ""
-            print(f"  data dirs under {bench_root()}: file create {cost:.0f} us{note}", flush=True)
-            yield
-            if _replaced:
-                worst = max(_replaced)
-                print(
-                    f"  ({len(_replaced)} data dirs landed where a file create took up to "
-                    f"{worst:.0f} us and were replaced)",
-                    flush=True,
-                )
-        finally:
-            for data_dir in _session.iterdir():
-                kill_leftover_jobs(data_dir)
-            _session = None
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"  machine: {os.cpu_count()} cpus, load average {load} (figures drift with load)")
+    folder = Path(tempfile.mkdtemp(prefix="fetchml-bench-", dir=bench_root()))
+    try:
+        if runs_jobs:
+            _warm_up(folder)
+        else:
+            print(f"  data dirs in {folder.parent}", flush=True)
+        _session = folder
+        yield
+    finally:
+        _session = None
+        for data_dir in folder.iterdir():
+            kill_leftover_jobs(data_dir)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.sync()
 
 
 _session: Path | None = None
 _dirs = itertools.count(1)
-_replaced: list[float] = []
-_PLACEMENT_TRIES = 8
 
 
 @contextlib.contextmanager
 def bench_dir(label: str) -> Iterator[Path]:
     """A fresh data dir in the session folder (removed with it, at the end of the session).
 
-    A dir that lands in a block group full of recently freed inodes (see the note above; file
-    creation there is 10 to 100 times slower) is left aside and another one made, a few times
-    at most.  Any job process still alive under it is killed on exit.
+    Any job process still alive under it is killed on exit, so a failed run leaves nothing.
     """
     if _session is None:
         raise RuntimeError("bench_dir() needs an open bench_session()")
-    for _ in range(_PLACEMENT_TRIES):
-        path = _session / f"{label}-{next(_dirs)}"
-        path.mkdir()
-        cost = create_cost_us(path, count=30)
-        if cost <= _SLOW_CREATE_US:
-            break
-        _replaced.append(cost)
+    path = _session / f"{label}-{next(_dirs)}"
+    path.mkdir()
     try:
         yield path
     finally:
         kill_leftover_jobs(path)
 
 
-def _job_pids(data_dir: Path) -> list[tuple[int, int]]:
-    """(job id, supervisor pid) of every run under ``data_dir`` whose process is still there."""
+def _job_pids(data_dir: Path) -> list[int]:
+    """Supervisor pids of the runs under ``data_dir`` (at any depth) still alive."""
     found = []
-    for pid_file in data_dir.glob("jobs/*/pid.*"):
-        job_id = int(pid_file.parent.name)
+    for pid_file in data_dir.glob("**/jobs/*/pid.*"):
+        wanted = (
+            f"FETCHML_JOB_ID={pid_file.parent.name}".encode(),
+            f"FETCHML_OUTPUT_DIR={pid_file.parent / 'output'}".encode(),
+        )
         try:
             pid = int(pid_file.read_text().strip())
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if f"FETCHML_JOB_ID={job_id}".encode() in environ:
-            found.append((job_id, pid))
+        if all(item in environ for item in wanted):
+            found.append(pid)
     return found
 
 
 def kill_leftover_jobs(data_dir: Path) -> int:
     """SIGKILL the process group of every job still running under ``data_dir``; how many."""
-    runs = _job_pids(data_dir)
-    for _, pid in runs:
+    pids = _job_pids(data_dir)
+    killed = len(pids)
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while _job_pids(data_dir) and time.monotonic() < deadline:
+    while pids and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child
+        pids = _job_pids(data_dir)
         time.sleep(0.01)
-    return len(runs)
+    return killed
 
 
 async def wait_state(
@@ -194,4 +215,4 @@ def fmt_rate(value: float) -> str:
 
 def line(label: str, value: str, note: str = "") -> None:
     """One aligned result line."""
-    print(f"  {label:<44} {value:>14}  {note}".rstrip(), flush=True)
+    print(f"  {label:<46} {value:>18}  {note}".rstrip(), flush=True)

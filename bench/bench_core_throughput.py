@@ -82,7 +82,9 @@ async def main() -> int:
         raw.append(await raw_rate(JOBS, CONCURRENCY))
         ours.append(await scheduler_rate(JOBS, CONCURRENCY))
     raw_median, ours_median = median(raw), median(ours)
-    ratio = ours_median / raw_median
+    # Each scheduler run is compared with the baseline run just before it (the machine's load
+    # drifts), and the median of those ratios is the figure.
+    ratio = median([o / r for o, r in zip(ours, raw, strict=True)])
     line(
         "baseline trio.run_process(/bin/true), 8 at once",
         f"{fmt_rate(raw_median)} proc/s",
@@ -94,7 +96,11 @@ async def main() -> int:
         "runs: " + ", ".join(fmt_rate(r) for r in ours),
     )
     met = ratio >= GOAL_RATIO
-    line("ratio scheduler / baseline", f"{ratio:.2f}", f"goal >= {GOAL_RATIO}: {_verdict(met)}")
+    line(
+        "ratio scheduler / baseline (median of pairs)",
+        f"{ratio:.2f}",
+        f"goal >= {GOAL_RATIO}: {_verdict(met)}",
+    )
     return 0 if met else 1
 
 

@@ -7,9 +7,8 @@ Embed the scheduler in any trio program::
         done = await scheduler.wait(job.id)
 """
 
-from ._config import Config, load_config, make_config
-from ._models import TERMINAL_STATES, Job, JobEvent, JobSpec, JobState, Resources, validate_spec
-from .actors import Scheduler, StatusReport, Subscription, open_scheduler
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthError,
     ConfigError,
@@ -24,6 +23,50 @@ from .errors import (
     StoreError,
     SubscriberDroppedError,
 )
+
+if TYPE_CHECKING:
+    from ._config import Config, load_config, make_config
+    from ._models import (
+        TERMINAL_STATES,
+        Job,
+        JobEvent,
+        JobSpec,
+        JobState,
+        Resources,
+        validate_spec,
+    )
+    from .actors import Scheduler, StatusReport, Subscription, open_scheduler
+
+# Imported on first use: ``import fetchml`` (and so every ``ml`` command) must not pay for trio,
+# sqlite and the actors.  Maps each public name to the module that defines it.
+_LAZY = {
+    "Config": "._config",
+    "load_config": "._config",
+    "make_config": "._config",
+    "TERMINAL_STATES": "._models",
+    "Job": "._models",
+    "JobEvent": "._models",
+    "JobSpec": "._models",
+    "JobState": "._models",
+    "Resources": "._models",
+    "validate_spec": "._models",
+    "Scheduler": ".actors",
+    "StatusReport": ".actors",
+    "Subscription": ".actors",
+    "open_scheduler": ".actors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fetchml' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

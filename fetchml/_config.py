@@ -18,7 +18,14 @@ import yaml
 from ._models import describe_validation_error
 from .errors import ConfigError
 
-__all__ = ["Config", "ExecutorSettings", "SchedulerSettings", "load_config", "make_config"]
+__all__ = [
+    "Config",
+    "ExecutorSettings",
+    "RaySettings",
+    "SchedulerSettings",
+    "load_config",
+    "make_config",
+]
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 GpuId = Annotated[int, msgspec.Meta(ge=0)]
@@ -27,7 +34,8 @@ GpuId = Annotated[int, msgspec.Meta(ge=0)]
 class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What the scheduler may hand out, and its policy knobs.
 
-    ``cpus``/``memory_mb`` default to the machine's; ``gpus`` is ``"auto"`` (ask ``nvidia-smi``)
+    ``cpus``/``memory_mb`` default to the machine's (with the ``ray`` backend: the cluster's,
+    re-read as nodes come and go); ``gpus`` is ``"auto"`` (ask ``nvidia-smi``, or the cluster)
     or an explicit list of device ids.  ``max_scan`` bounds how many queued jobs one dispatch pass
     examines (as Slurm's ``default_queue_depth``), which keeps dispatch fast with deep queues.
     """
@@ -40,11 +48,31 @@ class SchedulerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     max_scan: Annotated[int, msgspec.Meta(ge=1)] = 1000
 
 
-class ExecutorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """How jobs run.  ``kill_grace_s`` is the wait between SIGTERM and SIGKILL on cancel/timeout."""
+class RaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The Ray cluster the ``ray`` backend submits to (through its dashboard's Job API).
 
-    backend: Literal["local"] = "local"
+    ``poll_interval_s``: how often each running job's state is asked for (its end is seen
+    within about that; one request per running job each time).  ``capacity_interval_s``: how
+    often the cluster's resources are read (nodes join and leave, the cluster may vanish).
+    ``request_timeout_s`` bounds each HTTP request.
+    """
+
+    address: str = "http://127.0.0.1:8265"
+    poll_interval_s: Positive = 1.0
+    capacity_interval_s: Positive = 5.0
+    request_timeout_s: Positive = 10.0
+
+
+class ExecutorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How jobs run: ``local`` processes, or jobs on a ``ray`` cluster (settings in ``ray``).
+
+    ``kill_grace_s`` is the wait between SIGTERM and SIGKILL on cancel/timeout (local backend;
+    Ray applies its own, ``RAY_JOB_STOP_WAIT_TIME_S`` on the cluster).
+    """
+
+    backend: Literal["local", "ray"] = "local"
     kill_grace_s: Positive = 10.0
+    ray: RaySettings = msgspec.field(default_factory=RaySettings)
 
 
 class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

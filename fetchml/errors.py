@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BackendUnavailableError",
     "ConfigError",
     "ConflictError",
     "FetchMLError",
@@ -133,3 +134,14 @@ class JobStartError(FetchMLError):
 
     code = "start_failed"
     status = 500
+
+
+class BackendUnavailableError(JobStartError):
+    """Raised by an executor backend when what runs jobs (a Ray cluster) cannot be reached.
+
+    The job did not start (or, if the request got through, it starts under the same attempt
+    id, which the next start finds); it goes back to the queue without spending a retry.
+    """
+
+    code = "backend_unavailable"
+    status = 503

@@ -10,9 +10,10 @@ import abc
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .._config import SchedulerSettings
 from .._models import Job
 
-__all__ = ["Backend", "Ended"]
+__all__ = ["Backend", "Capacity", "Ended"]
 
 R = TypeVar("R")
 
@@ -24,12 +25,57 @@ class Ended:
     exit_code: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a backend can run at once.  ``problem`` says why it can run nothing now (a cluster
+    that cannot be reached); the totals are then zero."""
+
+    cpus: float
+    memory_mb: int
+    gpus: int
+    problem: str | None = None
+
+    @classmethod
+    def unavailable(cls, problem: str) -> Capacity:
+        return cls(0.0, 0, 0, problem)
+
+    def limits(self, settings: SchedulerSettings) -> tuple[float, int, tuple[int, ...]]:
+        """(cpus, memory_mb, GPU ids) the scheduler may hand out: explicit settings win.
+
+        An unreachable backend has nothing to hand out, whatever the settings say.
+        """
+        if self.problem is not None:
+            return 0.0, 0, ()
+        cpus = self.cpus if settings.cpus is None else settings.cpus
+        memory = self.memory_mb if settings.memory_mb is None else settings.memory_mb
+        gpus = tuple(range(self.gpus)) if settings.gpus == "auto" else tuple(settings.gpus)
+        return cpus, memory, gpus
+
+
 class Backend(abc.ABC, Generic[R]):
-    """Drives runs of type ``R``.  One instance serves every job of one executor."""
+    """Drives runs of type ``R``.  One instance serves every job of one executor.
+
+    A backend whose capacity changes (a cluster) sets :attr:`capacity_refresh_s`; the executor
+    then calls :meth:`capacity` that often and tells the scheduler when the answer changes.
+    """
+
+    #: Seconds between capacity reads, or None: the capacity is fixed (config or machine).
+    capacity_refresh_s: float | None = None
+
+    async def capacity(self) -> Capacity | None:
+        """What the backend can run at once now; None: the scheduler uses the config or machine.
+
+        Never raises for an unreachable backend: it answers ``Capacity.unavailable(why)``.
+        """
+        return None
 
     @abc.abstractmethod
     async def start(self, job: Job) -> R:
-        """Start attempt ``job.attempts`` of ``job``.  Raises :class:`JobStartError`."""
+        """Start attempt ``job.attempts`` of ``job``.
+
+        Raises :class:`JobStartError`; :class:`BackendUnavailableError` when the backend cannot
+        be reached (the job is requeued without spending a retry).
+        """
 
     @abc.abstractmethod
     async def adopt(self, job: Job) -> R | Ended:

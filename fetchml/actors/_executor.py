@@ -1,7 +1,9 @@
 """The executor actor: starts, follows, times out and stops runs through a backend.
 
 It takes :class:`StartJob`, :class:`AdoptJob` and :class:`StopJob` from its inbox and reports
-every end of a run as one :class:`JobExited` to the scheduler.  Its main loop never waits on the
+every end of a run as one :class:`JobExited` to the scheduler.  For a backend whose capacity
+changes (a Ray cluster), it also reads the capacity periodically and reports each change as a
+:class:`BackendCapacity`.  Its main loop never waits on the
 scheduler (each run has its own task that does the reporting), so the scheduler can always hand it
 work without a deadlock.  Cancelling the executor (server shutdown) stops following runs but never
 stops the runs themselves: they are adopted again on the next start.
@@ -18,9 +20,18 @@ from typing import Any
 import trio
 
 from .._models import Job
-from ..errors import JobStartError
-from ._backend import Backend, Ended
-from ._messages import AdoptJob, Envelope, ExitCause, JobExited, Message, StartJob, StopJob
+from ..errors import BackendUnavailableError, JobStartError
+from ._backend import Backend, Capacity, Ended
+from ._messages import (
+    AdoptJob,
+    BackendCapacity,
+    Envelope,
+    ExitCause,
+    JobExited,
+    Message,
+    StartJob,
+    StopJob,
+)
 
 __all__ = ["EXECUTOR_INBOX_SIZE", "Executor"]
 
@@ -56,6 +67,7 @@ class Executor:
         self._grace = kill_grace_s
         self._runs: dict[int, _Tracked] = {}
         self._nursery: trio.Nursery | None = None
+        self._capacity: Capacity | None = None  # the last one reported
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the inbox until it closes.  Closes the inbox and the report channel on exit.
@@ -65,6 +77,8 @@ class Executor:
         with self._inbox, self._reports:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._backend.capacity_refresh_s is not None:
+                    nursery.start_soon(self._watch_capacity, self._backend.capacity_refresh_s)
                 task_status.started()
                 async for envelope in self._inbox:
                     self._handle(envelope.msg, nursery)
@@ -94,6 +108,36 @@ class Executor:
         if tracked.run is not None:
             self._stop_now(tracked)
 
+    async def _watch_capacity(self, interval: float) -> None:
+        """Read the backend's capacity now and every ``interval`` s; report each change.
+
+        Waits on the backend and on the scheduler's inbox; runs until cancelled.
+        """
+        with self._reports.clone() as reports:
+            while True:
+                capacity = await self._backend.capacity()
+                if capacity is not None:
+                    await self._report_capacity(capacity, reports)
+                await trio.sleep(interval)
+
+    async def _report_capacity(
+        self, capacity: Capacity, reports: trio.MemorySendChannel[Envelope[Message]]
+    ) -> None:
+        """Tell the scheduler about ``capacity`` unless it was the last one told."""
+        if capacity == self._capacity:
+            return
+        self._capacity = capacity
+        await reports.send(
+            Envelope(
+                BackendCapacity(
+                    cpus=capacity.cpus,
+                    memory_mb=capacity.memory_mb,
+                    gpus=capacity.gpus,
+                    problem=capacity.problem,
+                )
+            )
+        )
+
     async def _supervise(self, job: Job, adopt: bool) -> None:
         """Start or adopt one run, wait for its end (enforcing the timeout) and report it once.
 
@@ -102,12 +146,18 @@ class Executor:
         tracked = self._runs[job.id]
         with self._reports.clone() as reports:
             try:
-                exited = await self._run_to_end(job, tracked, adopt)
+                exited = await self._run_to_end(job, tracked, adopt, reports)
             finally:
                 self._runs.pop(job.id, None)
             await reports.send(Envelope(exited))
 
-    async def _run_to_end(self, job: Job, tracked: _Tracked, adopt: bool) -> JobExited:
+    async def _run_to_end(
+        self,
+        job: Job,
+        tracked: _Tracked,
+        adopt: bool,
+        reports: trio.MemorySendChannel[Envelope[Message]],
+    ) -> JobExited:
         def exited(cause: ExitCause, code: int | None, detail: str | None = None) -> JobExited:
             return JobExited(
                 job_id=job.id,
@@ -120,6 +170,11 @@ class Executor:
 
         try:
             run = await (self._backend.adopt(job) if adopt else self._backend.start(job))
+        except BackendUnavailableError as exc:
+            log.warning("job %d not started: %s", job.id, exc.message)
+            # First the capacity (none for now), so the requeued job is not started again at once.
+            await self._report_capacity(Capacity.unavailable(exc.message), reports)
+            return exited("unavailable", None, exc.message)
         except JobStartError as exc:
             log.warning("job %d: %s", job.id, exc.message)
             return exited("spawn_failed", None, exc.message)

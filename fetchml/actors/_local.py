@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +37,6 @@ printf '%s\\n' "$$" >"$d/pid.$n"
 if cd -- "$c"; then "$@"; s=$?; else s=126; fi
 printf '%s\\n' "$s" >"$d/exit.$n"
 """
-# Signals Python sets to SIG_IGN; ignored dispositions survive exec, so reset them for the job.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def job_dir(data_dir: Path, job_id: int) -> Path:
@@ -149,7 +148,9 @@ class LocalBackend(Backend[LocalRun]):
     def _spawn(self, job: Job) -> LocalRun:
         """Create the job's folders and start its supervisor.  Blocks for about a process start.
 
-        Small local file operations and posix_spawn are cheaper inline than a thread hop.
+        Runs on a worker thread (see :meth:`start`): ``subprocess`` lets go of the GIL while the
+        new process execs (``os.posix_spawn`` holds it throughout), and creating the folders can
+        take milliseconds on a busy disk, so neither stalls the event loop.
         """
         directory = job_dir(self._data_dir, job.id)
         output = directory / "output"
@@ -159,26 +160,31 @@ class LocalBackend(Backend[LocalRun]):
         argv += [cwd, *job.spec.argv()]
         log_fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            pid = os.posix_spawn(
-                "/bin/sh",
+            # restore_signals resets SIGPIPE and SIGXFSZ, which Python ignores and an ignored
+            # disposition would survive exec; start_new_session makes it a session leader.
+            process = subprocess.Popen(
                 argv,
-                self._environment(job, output),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
-                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
-                ],
-                setsid=True,
-                setsigdef=_RESET_SIGNALS,
+                executable="/bin/sh",
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                env=self._environment(job, output),
+                start_new_session=True,
+                restore_signals=True,
             )
         finally:
             os.close(log_fd)
+        # The supervisor is waited for (pidfd) and reaped (_reap) by this backend, not through
+        # the Popen object: mark that finished, so it neither reaps the child nor warns about it
+        # when it is collected.
+        process.returncode = 0
+        pid = process.pid
         return LocalRun(job.id, job.attempts, pid, os.pidfd_open(pid), True, directory)
 
     async def start(self, job: Job) -> LocalRun:
         try:
-            return self._spawn(job)
-        except OSError as exc:
+            return await trio.to_thread.run_sync(self._spawn, job)
+        except (OSError, subprocess.SubprocessError) as exc:
             raise JobStartError(f"cannot start job {job.id}: {exc}") from None
 
     async def adopt(self, job: Job) -> LocalRun | Ended:

@@ -30,6 +30,7 @@ __all__ = [
     "AdoptJob",
     "Attach",
     "Attached",
+    "BackendCapacity",
     "Cancel",
     "Detach",
     "Envelope",
@@ -81,7 +82,11 @@ class GetStatus(_Msg, frozen=True, kw_only=True):
 
 
 class StatusReport(_Msg, frozen=True, kw_only=True):
-    """Queue and resource summary at one instant."""
+    """Queue and resource summary at one instant.
+
+    ``backend`` names the executor backend (``local``, ``ray``); ``backend_status`` is None while
+    it works and says what is wrong otherwise (``ray cluster at … unreachable: …``).
+    """
 
     counts: dict[str, int]
     running_by_user: dict[str, int]
@@ -93,11 +98,14 @@ class StatusReport(_Msg, frozen=True, kw_only=True):
     gpus_total: list[int]
     gpus_free: list[int]
     last_seq: int
+    backend: str = "local"
+    backend_status: str | None = None
 
 
 # --- executor ↔ scheduler ------------------------------------------------------------------
 
-ExitCause = Literal["exit", "timeout", "cancel", "vanished", "spawn_failed"]
+# "unavailable": the backend could not be reached to start the run; it is retried later.
+ExitCause = Literal["exit", "timeout", "cancel", "vanished", "spawn_failed", "unavailable"]
 
 
 class StartJob(_Msg, frozen=True, kw_only=True):
@@ -128,6 +136,18 @@ class JobExited(_Msg, frozen=True, kw_only=True):
     exit_code: int | None = None
     finished_at: float
     detail: str | None = None
+
+
+class BackendCapacity(_Msg, frozen=True, kw_only=True):
+    """The backend's capacity changed (a node joined or left, the cluster vanished or returned).
+
+    ``problem`` is None while the backend works, else why it can run nothing (totals are then 0).
+    """
+
+    cpus: float
+    memory_mb: int
+    gpus: int
+    problem: str | None = None
 
 
 # --- notifier ------------------------------------------------------------------------------
@@ -209,6 +229,7 @@ Message = (
     | AdoptJob
     | StopJob
     | JobExited
+    | BackendCapacity
     | Publish
     | Attach
     | Attached

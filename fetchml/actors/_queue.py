@@ -37,15 +37,26 @@ class _Need:
 
 
 class Pool:
-    """The machine's resources: totals, and what running jobs hold."""
+    """The resources jobs may use (the machine's, or a cluster's): totals, and what runs hold.
 
-    def __init__(self, cpus: float, memory_mb: int, gpus: Iterable[int]) -> None:
+    Totals can change while jobs run (:meth:`resize`: a cluster gained or lost nodes, or
+    vanished); what is free may then be negative until enough running jobs end.
+    """
+
+    def __init__(
+        self, cpus: float, memory_mb: int, gpus: Iterable[int], *, known: bool = True
+    ) -> None:
         self.total_cpus = _milli(cpus)
         self.total_memory_mb = memory_mb
         self.gpu_ids = tuple(sorted(set(gpus)))
         self.free_cpus = self.total_cpus
         self.free_memory_mb = memory_mb
         self.free_gpus: list[int] = list(self.gpu_ids)
+        self._held_gpus: set[int] = set()
+        # Totals that decide whether a job could ever run; None while they are unknown.
+        self._limits: _Need | None = (
+            _Need(self.total_cpus, memory_mb, len(self.gpu_ids)) if known else None
+        )
 
     def fits(self, need: _Need, reserved: _Need | None = None) -> bool:
         r = reserved or _Need(0, 0, 0)
@@ -62,38 +73,70 @@ class Pool:
         need = _Need.of(resources)
         self.free_cpus -= need.cpus
         self.free_memory_mb -= need.memory_mb
-        gpus, self.free_gpus = self.free_gpus[: need.gpus], self.free_gpus[need.gpus :]
-        return tuple(gpus)
+        gpus = tuple(self.free_gpus[: need.gpus])
+        self._held_gpus.update(gpus)
+        self._refresh_gpus()
+        return gpus
 
     def hold(self, resources: Resources, gpus: Iterable[int]) -> None:
         """Account for a re-adopted run that already has ``gpus``."""
         need = _Need.of(resources)
         self.free_cpus -= need.cpus
         self.free_memory_mb -= need.memory_mb
-        held = set(gpus)
-        self.free_gpus = [g for g in self.free_gpus if g not in held]
+        # Ids this pool does not hand out (the config changed) are none of its business.
+        self._held_gpus.update(g for g in gpus if g in self.gpu_ids)
+        self._refresh_gpus()
 
     def give(self, resources: Resources, gpus: Iterable[int]) -> None:
         """Return what a finished run held."""
         need = _Need.of(resources)
         self.free_cpus += need.cpus
         self.free_memory_mb += need.memory_mb
-        known = set(self.gpu_ids)
-        self.free_gpus = sorted({*self.free_gpus, *(g for g in gpus if g in known)})
+        self._held_gpus.difference_update(gpus)
+        self._refresh_gpus()
+
+    def resize(
+        self, cpus: float, memory_mb: int, gpus: Iterable[int], *, known: bool = True
+    ) -> None:
+        """Change the totals; running jobs keep what they hold.
+
+        ``known=False`` (the backend cannot be reached, the totals are zero for now) keeps the
+        last known totals for :meth:`check_feasible`, so jobs can still be queued meanwhile.
+        """
+        used_cpus = self.total_cpus - self.free_cpus
+        used_memory = self.total_memory_mb - self.free_memory_mb
+        self.total_cpus = _milli(cpus)
+        self.total_memory_mb = memory_mb
+        self.free_cpus = self.total_cpus - used_cpus
+        self.free_memory_mb = memory_mb - used_memory
+        self.gpu_ids = tuple(sorted(set(gpus)))
+        self._refresh_gpus()
+        if known:
+            self._limits = _Need(self.total_cpus, memory_mb, len(self.gpu_ids))
+
+    def _refresh_gpus(self) -> None:
+        # Held ids beyond the current totals (GPUs whose node left) still count as in use.
+        room = max(0, len(self.gpu_ids) - len(self._held_gpus))
+        self.free_gpus = [g for g in self.gpu_ids if g not in self._held_gpus][:room]
 
     def check_feasible(self, resources: Resources) -> str | None:
-        """Why a job could never run here (field and reason), or None if it could."""
-        if _milli(resources.cpus) > self.total_cpus:
-            return f"resources.cpus: {resources.cpus:g} requested, this server has {self.cpus:g}"
-        if resources.memory_mb > self.total_memory_mb:
+        """Why a job could never run here (field and reason), or None if it could (or the
+        totals are unknown for now)."""
+        limits = self._limits
+        if limits is None:
+            return None
+        if _milli(resources.cpus) > limits.cpus:
+            return (
+                f"resources.cpus: {resources.cpus:g} requested, "
+                f"this server has {limits.cpus / _MILLI:g}"
+            )
+        if resources.memory_mb > limits.memory_mb:
             return (
                 f"resources.memory_mb: {resources.memory_mb} requested, "
-                f"this server has {self.total_memory_mb}"
+                f"this server has {limits.memory_mb}"
             )
-        if resources.gpus > len(self.gpu_ids):
-            return (
-                f"resources.gpus: {resources.gpus} requested, this server has {len(self.gpu_ids)}"
-            )
+        if resources.gpus > limits.gpus:
+            return f"resources.gpus: {resources.gpus} requested, this server has {limits.gpus}"
         return None
 
     @property

@@ -26,10 +26,12 @@ from ..errors import (
     StoreError,
 )
 from ..store import Store
+from ._backend import Backend, Capacity
 from ._executor import EXECUTOR_INBOX_SIZE, Executor
 from ._local import LocalBackend, log_path
 from ._logs import follow_log
 from ._messages import (
+    BackendCapacity,
     Cancel,
     Envelope,
     Failure,
@@ -205,8 +207,22 @@ def _unexpected(reply: Message) -> FetchMLError:
     return FetchMLError(f"unexpected reply {type(reply).__name__}")
 
 
-async def _make_pool(config: Config) -> Pool:
+async def _make_backend(config: Config) -> Backend[Any]:
+    """The backend ``executor.backend`` names.  Raises :class:`ConfigError` (Ray not installed)."""
+    if config.executor.backend == "ray":
+        from ._ray import RayBackend  # Ray itself is imported only now
+
+        return await RayBackend.create(config.data_path, config.executor.ray)
+    return LocalBackend(config.data_path)
+
+
+async def _make_pool(config: Config, capacity: Capacity | None) -> Pool:
+    """The pool of what jobs may use: the backend's capacity if it has one (a cluster), else
+    the machine's; explicit ``scheduler`` settings win either way."""
     settings = config.scheduler
+    if capacity is not None:
+        cpus, memory, ids = capacity.limits(settings)
+        return Pool(cpus, memory, ids, known=capacity.problem is None)
     if settings.gpus == "auto":
         gpus = await trio.to_thread.run_sync(discover_gpus)
     else:
@@ -222,12 +238,17 @@ async def start_actors(nursery: trio.Nursery, config: Config, store: Store) -> S
     Waits until the scheduler has recovered from the store and accepts work.  The actors stop
     when ``nursery`` is cancelled; running jobs keep running and are re-adopted on the next start.
     """
-    pool = await _make_pool(config)
+    backend = await _make_backend(config)
+    capacity = await backend.capacity()
+    pool = await _make_pool(config, capacity)
     sched_send, sched_recv = trio.open_memory_channel[Envelope[Message]](SCHEDULER_INBOX_SIZE)
+    if capacity is not None and capacity.problem is not None:
+        # So that the very first status says what is wrong.
+        problem = BackendCapacity(cpus=0, memory_mb=0, gpus=0, problem=capacity.problem)
+        sched_send.send_nowait(Envelope(problem))
     exec_send, exec_recv = trio.open_memory_channel[Envelope[Message]](EXECUTOR_INBOX_SIZE)
     note_send, note_recv = trio.open_memory_channel[Envelope[Message]](NOTIFIER_INBOX_SIZE)
     await nursery.start(Notifier(note_recv, store.last_seq).run)
-    backend = LocalBackend(config.data_path)
     executor = Executor(
         backend, exec_recv, sched_send.clone(), kill_grace_s=config.executor.kill_grace_s
     )

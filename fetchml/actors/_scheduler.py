@@ -21,8 +21,10 @@ from .._config import Config
 from .._models import Job, JobEvent, JobSpec, JobState
 from ..errors import ConflictError, FetchMLError, InvalidSpecError, JobNotFoundError
 from ..store import Batch, Store, now
+from ._backend import Capacity
 from ._messages import (
     AdoptJob,
+    BackendCapacity,
     Cancel,
     Envelope,
     Failure,
@@ -83,6 +85,8 @@ class SchedulerActor:
         self._dependents: dict[int, set[int]] = {}  # dependency -> jobs waiting on it
         self._running_by_user: Counter[str] = Counter()
         self._cancel_waiters: dict[int, list[Envelope[Message]]] = {}
+        self._backend_name = config.executor.backend
+        self._backend_status: str | None = None  # None while the backend works
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover from the store, then serve the inbox until it closes.
@@ -148,6 +152,8 @@ class SchedulerActor:
                 self._exited(exited, step)
             case GetStatus():
                 step.replies.append((envelope, self._status()))
+            case BackendCapacity() as capacity:
+                self._resize(capacity)
             case other:
                 raise TypeError(f"scheduler cannot handle {type(other).__name__}")
 
@@ -277,11 +283,29 @@ class SchedulerActor:
         if state is JobState.QUEUED:
             self._enqueue(step, new, fresh=False)
 
+    def _resize(self, capacity: BackendCapacity) -> None:
+        """Take the backend's new capacity; this pass's dispatch then starts what now fits."""
+        cpus, memory, gpus = Capacity(
+            capacity.cpus, capacity.memory_mb, capacity.gpus, capacity.problem
+        ).limits(self._settings)
+        self._pool.resize(cpus, memory, gpus, known=capacity.problem is None)
+        if capacity.problem != self._backend_status:
+            if capacity.problem is None:
+                log.info("%s backend available again", self._backend_name)
+            else:
+                log.warning("%s backend: %s", self._backend_name, capacity.problem)
+        self._backend_status = capacity.problem
+
     def _outcome(self, job: Job, exited: JobExited) -> tuple[JobState, dict[str, Any]]:
         """The state a run's end leads to, and the fields that change with it."""
         code = exited.exit_code
         if job.cancel_requested or exited.cause == "cancel":
             return JobState.CANCELLED, {"reason": job.reason or "cancelled"}
+        if exited.cause == "unavailable":
+            # Not started: the next start reuses the attempt number (and so finds the run, had
+            # the request got through after all), and no retry is spent.
+            reason = f"not started: {exited.detail or 'backend unavailable'}; requeued"
+            return JobState.QUEUED, {"attempts": job.attempts - 1, "reason": reason}
         if exited.cause == "timeout":
             return JobState.TIMED_OUT, {"reason": f"timed out after {job.spec.timeout_s:g} s"}
         if exited.cause == "spawn_failed":
@@ -303,6 +327,8 @@ class SchedulerActor:
         return JobState.FAILED, {"reason": f"exited with code {code}"}
 
     def _dispatch(self, step: _Pass) -> None:
+        if self._backend_status is not None:
+            return  # the backend cannot start anything now (not even a job that needs nothing)
         picked = self._queue.pick(
             self._jobs,
             self._pool,
@@ -340,6 +366,8 @@ class SchedulerActor:
             gpus_total=list(pool.gpu_ids),
             gpus_free=list(pool.free_gpus),
             last_seq=self._store.last_seq,
+            backend=self._backend_name,
+            backend_status=self._backend_status,
         )
 
     # --- recovery --------------------------------------------------------------------------

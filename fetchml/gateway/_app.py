@@ -34,7 +34,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = 60
     metrics = metrics or Metrics()
-    register_http(app, service, metrics)
+    register_http(app, service, metrics, closing)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import trio
 from quart import Quart, Response, request
 
 from .._models import JobSpec, JobState, describe_validation_error
@@ -74,8 +75,35 @@ def _decode_spec(body: bytes) -> JobSpec:
         raise InvalidRequestError(f"body: invalid JSON: {exc}") from None
 
 
-def register_http(app: Quart, service: Service, metrics: Metrics) -> None:
-    """Add every HTTP route to ``app``."""
+async def _next_chunk(chunks: AsyncIterator[bytes], closing: trio.Event) -> bytes | None:
+    """The next chunk, or None at the end or once ``closing`` is set (the wait is cancelled)."""
+    chunk: bytes | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            nonlocal chunk
+            chunk = await anext(chunks, None)
+            nursery.cancel_scope.cancel()
+
+        async def stop_when_closing() -> None:
+            await closing.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read)
+        nursery.start_soon(stop_when_closing)
+    return chunk
+
+
+def register_http(
+    app: Quart, service: Service, metrics: Metrics, closing: trio.Event | None = None
+) -> None:
+    """Add every HTTP route to ``app``.
+
+    ``closing`` (set when the server starts shutting down) ends followed log streams cleanly,
+    so they neither hold up the shutdown nor end in a truncated response.
+    """
+    if closing is None:
+        closing = trio.Event()
 
     async def who() -> Principal:
         return await service.authenticate(api_key_from(request.headers))
@@ -133,8 +161,11 @@ def register_http(app: Quart, service: Service, metrics: Metrics) -> None:
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                yield chunk
+            try:
+                while (chunk := await _next_chunk(chunks, closing)) is not None:
+                    yield chunk
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
 
         response = Response(body(), content_type="text/plain; charset=utf-8")
         response.timeout = None  # a followed log streams for as long as the job runs

@@ -7,20 +7,28 @@ socket from inside that cancelled task, so the close never completes: HTTP/1.0 a
 #330).  Running the close inside a shielded cancel scope lets it finish; the scope is bounded by
 :data:`CLOSE_TIMEOUT_S` so a peer that stops reading cannot hold it open (TLS close_notify).
 
+The close also takes hypercorn's send lock, which hypercorn's own close skips: its
+``send_eof`` otherwise races a send of the app on the same stream (a WebSocket's close frame as
+the client disconnects), which then fails with ``trio.BusyResourceError`` and an error in the log.
+
 2. Oversized WebSocket frames: see :func:`_apply_frame_limit_fix`.
+
+3. Connections that cannot be cancelled: see :func:`abort_connections`.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from hypercorn.config import Config
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import ConnectionState
 
-__all__ = ["CLOSE_TIMEOUT_S", "apply"]
+__all__ = ["CLOSE_TIMEOUT_S", "abort_connections", "apply"]
 
 CLOSE_TIMEOUT_S = 5.0
 CLOSE_TOO_BIG = 1009
@@ -34,11 +42,20 @@ def apply() -> None:
     original: Callable[[Any], Awaitable[None]] = TCPServer._close
 
     async def _close(self: TCPServer) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-            await original(self)
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                lock: trio.Lock = self.send_lock
+                if lock.statistics().owner is trio.lowlevel.current_task():
+                    await original(self)  # called from inside a send: already exclusive
+                    return
+                async with lock:
+                    await original(self)
+                    return
+            await self.stream.aclose()  # a send never finished (a peer that stopped reading)
 
     TCPServer._close = _close  # type: ignore[method-assign]
     _apply_frame_limit_fix()
+    _apply_connection_registry()
     setattr(TCPServer, _MARK, True)
 
 
@@ -62,3 +79,38 @@ def _apply_frame_limit_fix() -> None:
             await self.app_put({"type": "websocket.disconnect", "code": CLOSE_TOO_BIG})
 
     WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+
+
+# Connections being served, so that abort_connections can find them.
+_connections: weakref.WeakSet[TCPServer] = weakref.WeakSet()
+
+
+def _apply_connection_registry() -> None:
+    original: Callable[[Any], Awaitable[None]] = TCPServer.run
+
+    async def run(self: TCPServer) -> None:
+        _connections.add(self)
+        try:
+            await original(self)
+        finally:
+            _connections.discard(self)
+
+    TCPServer.run = run  # type: ignore[method-assign]
+
+
+def abort_connections(config: Config) -> int:
+    """Close the socket of every connection still open on the server run with ``config``.
+
+    hypercorn shields each socket write from cancellation, so a write to a peer that stopped
+    reading (a WebSocket subscriber that never reads) outlives hypercorn's graceful timeout and
+    holds the server's shutdown for ever.  Closing the socket ends that write with
+    ``ClosedResourceError``.  Waits on nothing; returns how many connections it closed.
+    """
+    closed = 0
+    for server in list(_connections):
+        if server.config is not config:
+            continue
+        stream = getattr(server.stream, "transport_stream", server.stream)
+        stream.socket.close()  # trio wakes every task blocked on it, shielded or not
+        closed += 1
+    return closed

@@ -7,6 +7,7 @@ jobs are not stopped; the next start re-adopts them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -31,6 +32,14 @@ log = logging.getLogger("fetchml.server")
 
 # Seconds hypercorn gives in-flight HTTP requests to finish at shutdown.
 GRACEFUL_TIMEOUT_S = 5.0
+# Cyclic-GC thresholds while the server runs (CPython's default is 700, 10, 10).  The server keeps
+# every unfinished job in memory, and under load about a thousand requests are in flight at once:
+# with the defaults their short-lived objects survive two young collections, reach the oldest
+# generation, and trigger a full collection over the whole heap every few thousand requests, so
+# the cost of a request grew with the depth of the queue (20,000 queued jobs: a fifth of the CPU
+# in full collections; bench/bench_gateway_ws.py).  Collecting the young generations less often
+# lets those objects die young; garbage cycles are still collected, later.
+GC_THRESHOLDS = (10_000, 20, 10)
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -62,9 +71,24 @@ def load_auth(config: Config, *, announce: bool = True) -> AuthConfig:
     return auth
 
 
+class _HypercornConfig(hypercorn.config.Config):
+    """hypercorn's config, with listening sockets that job processes do not inherit.
+
+    hypercorn marks its listening sockets inheritable (for its multi-process workers), so every
+    job the executor spawns would hold the server's port open: a restart could not bind it while
+    a job from before runs, and connections would queue on a socket nobody serves.
+    """
+
+    def create_sockets(self) -> hypercorn.config.Sockets:
+        sockets = super().create_sockets()
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+            sock.set_inheritable(False)
+        return sockets
+
+
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     settings = config.server
-    hconfig = hypercorn.config.Config()
+    hconfig = _HypercornConfig()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     hconfig.bind = [f"{host}:{settings.port}"]
     hconfig.websocket_max_message_size = settings.max_frame_bytes
@@ -89,38 +113,65 @@ async def run_server(
     """
     _hypercorn_fix.apply()
     auth = AuthActor(load_auth(config))
-    stop = stop or trio.Event()
+    if stop is None:  # not ``stop or ...``: a trio.Event refuses to be used as a bool
+        stop = trio.Event()
     store = await Store.open(config.data_path, synchronous=config.store.synchronous)
+    gc_thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         async with trio.open_nursery() as supervisor:
             await supervisor.start(auth.run)
             scheduler = await start_actors(supervisor, config, store)
+            # Everything recovery loaded (every unfinished job) lives as long as the server: move
+            # it out of the collector's reach so full collections stop rescanning it.
+            gc.freeze()
             closing = trio.Event()
             app = create_app(Service(scheduler, auth), config.server, closing)
+            hconfig = _hypercorn_config(config)
 
             async def gateway(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 async def shutdown_trigger() -> None:
                     await stop.wait()
                     # WebSockets close themselves with 1001 during hypercorn's graceful wait.
                     closing.set()
+                    supervisor.start_soon(_abort_after_grace, hconfig)
 
                 await hypercorn.trio.serve(
-                    app,
-                    _hypercorn_config(config),
-                    shutdown_trigger=shutdown_trigger,
-                    task_status=task_status,
+                    app, hconfig, shutdown_trigger=shutdown_trigger, task_status=task_status
                 )
                 supervisor.cancel_scope.cancel()  # the gateway is done: stop the actors
 
+            supervisor.start_soon(_abort_when_cancelled, hconfig)
             binds: list[str] = await supervisor.start(gateway)
             log.info("serving on %s (data in %s)", ", ".join(binds), config.data_path)
             if handle_signals:
                 supervisor.start_soon(_stop_on_signal, stop)
             task_status.started(binds)
     finally:
+        gc.set_threshold(*gc_thresholds)
         with trio.CancelScope(shield=True):
             await store.aclose()
     log.info("stopped; running jobs keep running and are re-adopted on the next start")
+
+
+async def _abort_after_grace(hconfig: hypercorn.config.Config) -> None:
+    """Close the connections still open just after hypercorn's graceful timeout.
+
+    Only a peer that stopped reading is left by then (hypercorn cannot cancel its writes).
+    """
+    await trio.sleep(GRACEFUL_TIMEOUT_S + 1)
+    closed = _hypercorn_fix.abort_connections(hconfig)
+    if closed:
+        log.warning("closed %d connection(s) whose client stopped reading", closed)
+
+
+async def _abort_when_cancelled(hconfig: hypercorn.config.Config) -> None:
+    """When the supervisor is cancelled, close every connection left (hypercorn's writes to a
+    peer that stopped reading ignore cancellation, and would keep the server from stopping)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        _hypercorn_fix.abort_connections(hconfig)
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

@@ -14,12 +14,16 @@ from typing import Any
 
 import msgspec
 
-from .._models import Job, JobSpec, JobState, validate_spec
+from .._models import Job, JobSpec, JobState
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
-from ..errors import AuthError, JobNotFoundError, PermissionDeniedError
+from ..errors import AuthError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
 
-__all__ = ["Service"]
+__all__ = ["MAX_JOB_ID", "Service"]
+
+# The largest id the store can hold (SQLite INTEGER).  A larger id from a client names no job;
+# passed on, it would make the store raise OverflowError (a 500, or a crashed scheduler).
+MAX_JOB_ID = 2**63 - 1
 
 
 class Service:
@@ -40,12 +44,18 @@ class Service:
     async def submit(self, who: Principal, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError."""
         who.require(JOBS_CREATE)
-        return await self.scheduler.submit(validate_spec(spec), user=who.user)
+        depends_on = spec.depends_on if isinstance(spec, JobSpec) else spec.get("depends_on")
+        for index, dep in enumerate(depends_on if isinstance(depends_on, list) else ()):
+            if isinstance(dep, int) and dep > MAX_JOB_ID:
+                raise InvalidSpecError(
+                    f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
+                )
+        return await self.scheduler.submit(spec, user=who.user)  # it validates the spec
 
     async def get(self, who: Principal, job_id: int) -> Job:
         """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""
         self._require_some_read(who)
-        job = await self.scheduler.get(job_id)
+        job = await self._job(job_id)
         if not who.can_read_job(job.user):
             raise JobNotFoundError(job_id)
         return job
@@ -71,15 +81,23 @@ class Service:
 
     async def cancel(self, who: Principal, job_id: int) -> Job:
         """Cancel a job; returns it once ended.  Raises 404 / 403 / 409 errors."""
-        job = await self.scheduler.get(job_id)
+        job = await self._job(job_id)
         who.require_cancel_job(job.user)
         return await self.scheduler.cancel(job_id, user=who.user)
 
     async def status(self, who: Principal) -> dict[str, Any]:
-        """The queue summary (as a plain map: the wire has no use for the message tag)."""
+        """The queue summary (as a plain map: the wire has no use for the message tag).
+
+        Without ``jobs:read:all`` the per-user counts show only the caller's own.
+        """
         who.require(STATUS_READ)
         report: StatusReport = await self.scheduler.status()
-        return msgspec.structs.asdict(report)
+        summary = msgspec.structs.asdict(report)
+        if not who.can(JOBS_READ_ALL):
+            # The machine's summary, yes; other users' activity, no (visibility everywhere).
+            for field in ("running_by_user", "queued_by_user"):
+                summary[field] = {u: n for u, n in summary[field].items() if u == who.user}
+        return summary
 
     async def logs(
         self, who: Principal, job_id: int, *, offset: int = 0, follow: bool = False
@@ -112,6 +130,11 @@ class Service:
             "permissions": sorted(who.permissions),
             "admin": who.admin,
         }
+
+    async def _job(self, job_id: int) -> Job:
+        if job_id > MAX_JOB_ID:
+            raise JobNotFoundError(job_id)
+        return await self.scheduler.get(job_id)
 
     @staticmethod
     def _require_some_read(who: Principal) -> None:

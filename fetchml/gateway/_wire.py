@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .._models import JobSpec, JobState, describe_validation_error
-from ..errors import FetchMLError, InvalidRequestError
+from ..errors import FetchMLError, InvalidRequestError, InvalidSpecError
 
 __all__ = [
     "AuthOp",
@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
-JobIdArg = Annotated[int, msgspec.Meta(ge=1)]
+# Ids and seqs the store can hold (SQLite INTEGER); a larger one would make it raise.
+JobIdArg = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class _Op(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", kw_only=True):
@@ -73,9 +75,9 @@ class SubscribeOp(_Op, frozen=True, kw_only=True, tag="subscribe"):
     """
 
     job_id: JobIdArg | None = None
-    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    since: Seq | None = None
     logs: bool = False
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    offset: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
 
 
 class UnsubscribeOp(_Op, frozen=True, kw_only=True, tag="unsubscribe"):
@@ -179,6 +181,9 @@ def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
         )
     if "Expected `object`" in str(exc):
         return InvalidRequestError("a frame must be a map with 'op' and 'id'")
+    if field is not None and field.startswith("spec."):
+        # The same error class (and code) as HTTP gives for the spec; the path stays the frame's.
+        return InvalidSpecError(message, field=field)
     return InvalidRequestError(message, field=field)
 
 

@@ -6,19 +6,24 @@ handled before the next frame is read, so a client that subscribes and then subm
 events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
 up lets its subscription fall behind, which the notifier answers by dropping it, and the
 connection is then closed with a reason (1008).  At shutdown every connection is closed with 1001.
+A connection's frames go out one send at a time, in order (see :class:`_Outbox`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import trio
 from quart import websocket
+from quart.globals import websocket_ctx
+from quart.wrappers import Websocket
 
+from ..actors import Subscription
 from ..auth import Principal
-from ..errors import AuthError, FetchMLError, SubscriberDroppedError
+from ..errors import AuthError, FetchMLError, InvalidRequestError, SubscriberDroppedError
 from ._service import Service
 from ._wire import (
     AuthOp,
@@ -42,6 +47,8 @@ log = logging.getLogger("fetchml.gateway")
 
 # Requests of one connection being processed at once; reading waits beyond that.
 MAX_IN_FLIGHT = 64
+# Frames queued behind a send in progress on one connection; senders wait beyond that.
+OUTBOX_SIZE = MAX_IN_FLIGHT
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
@@ -65,18 +72,28 @@ class Connection:
         self._next_sub = 1
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
+        self._outbox: _Outbox | None = None
 
     async def serve(self) -> None:
         """Read and answer frames until the peer disconnects or the server closes.
 
         Waits on the socket.  Raises nothing but cancellation: errors become error replies.
         """
+        ws = websocket_ctx.websocket  # looked up once, not through the proxy on every frame
+        self._outbox = _Outbox(ws)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._outbox.drain)
             nursery.start_soon(self._close_on_shutdown)
             while True:
-                data = await websocket.receive()
-                await self._slots.acquire()
+                # Quart hands an empty binary frame over as None (its type says otherwise).
+                data: bytes | str | None = await ws.receive()
+                if data is None:
+                    data = b""
+                try:
+                    self._slots.acquire_nowait()  # receive() has just been a checkpoint
+                except trio.WouldBlock:
+                    await self._slots.acquire()
                 codec, request, rid, error = decode_request(data)
                 if request is None:
                     self._slots.release()
@@ -95,6 +112,8 @@ class Connection:
         await self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _close(self, code: int, reason: str) -> None:
+        if self._outbox is not None:
+            await self._outbox.flush()  # what was sent before the close goes out before it
         await websocket.close(code, reason[:120])
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -149,69 +168,158 @@ class Connection:
             case UnsubscribeOp(sub=sub):
                 scope = self._subs.pop(sub, None)
                 if scope is None:
-                    raise FetchMLError(f"no subscription {sub} on this connection")
+                    raise InvalidRequestError(
+                        f"sub: no subscription {sub} on this connection", field="sub"
+                    )
                 scope.cancel()
                 return {"sub": sub}
             case _:
                 raise TypeError(f"unhandled op {type(request).__name__}")
 
     async def _subscribe(self, codec: Codec, who: Principal, op: SubscribeOp) -> dict[str, Any]:
+        if op.logs and op.job_id is None:
+            raise InvalidRequestError("logs: needs a job_id (logs are per job)", field="logs")
         subscription = await self._service.subscribe(
             who, job_id=op.job_id, since=op.since, buffer=self._buffer
         )
+        chunks = None
+        if op.logs and op.job_id is not None:
+            try:
+                chunks = await self._service.logs(who, op.job_id, offset=op.offset, follow=True)
+            except BaseException:
+                await subscription.aclose()
+                raise
         sub_id = self._next_sub
         self._next_sub += 1
         scope = trio.CancelScope()
         self._subs[sub_id] = scope
+        since = subscription.last_seq
         assert self._nursery is not None
-        self._nursery.start_soon(self._forward_events, codec, sub_id, subscription, scope)
-        if op.logs and op.job_id is not None:
-            chunks = await self._service.logs(who, op.job_id, offset=op.offset, follow=True)
-            self._nursery.start_soon(
-                self._forward_logs, codec, sub_id, op.job_id, op.offset, chunks, scope
-            )
-        return {"sub": sub_id, "since": subscription.last_seq}
+        self._nursery.start_soon(
+            self._forward, codec, sub_id, subscription, op.job_id, op.offset, chunks, scope
+        )
+        return {"sub": sub_id, "since": since}
 
-    async def _forward_events(
-        self, codec: Codec, sub_id: int, subscription: Any, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            try:
-                async with subscription:
-                    async for event in subscription:
-                        frame = {"ev": "job", "seq": event.seq, "sub": sub_id, "job": event.job}
-                        await self._send(codec, frame)
-            except SubscriberDroppedError as exc:
-                await self._close(CLOSE_POLICY, f"too slow: {exc.message}")
-
-    async def _forward_logs(
+    async def _forward(
         self,
         codec: Codec,
         sub_id: int,
-        job_id: int,
+        subscription: Subscription,
+        job_id: int | None,
         offset: int,
-        chunks: Any,
+        chunks: AsyncIterator[bytes] | None,
         scope: trio.CancelScope,
     ) -> None:
+        """Run one subscription's forwarders (events, and the log if asked) under its scope.
+
+        One task owns the scope: a trio cancel scope can be entered only once, so the event and
+        log forwarders run in a nursery inside it and ``unsubscribe`` cancels both.
+        """
         with scope:
-            position = offset
-            async for chunk in chunks:
-                data: bytes | str = chunk if codec.binary else chunk.decode(errors="replace")
-                frame = {
-                    "ev": "log",
-                    "sub": sub_id,
-                    "job_id": job_id,
-                    "offset": position,
-                    "data": data,
-                }
-                position += len(chunk)
-                await self._send(codec, frame)
-            await self._send(
-                codec, {"ev": "log_end", "sub": sub_id, "job_id": job_id, "offset": position}
-            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward_events, codec, sub_id, subscription)
+                if chunks is not None:
+                    assert job_id is not None
+                    nursery.start_soon(self._forward_logs, codec, sub_id, job_id, offset, chunks)
+
+    async def _forward_events(self, codec: Codec, sub_id: int, subscription: Subscription) -> None:
+        try:
+            async with subscription:
+                async for event in subscription:
+                    frame = {"ev": "job", "seq": event.seq, "sub": sub_id, "job": event.job}
+                    await self._send(codec, frame)
+        except SubscriberDroppedError as exc:
+            await self._close(CLOSE_POLICY, f"too slow: {exc.message}")
+
+    async def _forward_logs(
+        self, codec: Codec, sub_id: int, job_id: int, offset: int, chunks: AsyncIterator[bytes]
+    ) -> None:
+        position = offset
+        async for chunk in chunks:
+            data: bytes | str = chunk if codec.binary else chunk.decode(errors="replace")
+            frame = {
+                "ev": "log",
+                "sub": sub_id,
+                "job_id": job_id,
+                "offset": position,
+                "data": data,
+            }
+            position += len(chunk)
+            await self._send(codec, frame)
+        await self._send(
+            codec, {"ev": "log_end", "sub": sub_id, "job_id": job_id, "offset": position}
+        )
 
     async def _reply_error(self, codec: Codec, rid: int | None, exc: FetchMLError) -> None:
         await self._send(codec, {"re": rid, "ok": False, "error": error_body(exc)})
 
     async def _send(self, codec: Codec, payload: Mapping[str, Any]) -> None:
-        await websocket.send(codec.frame(payload))
+        assert self._outbox is not None
+        await self._outbox.send(codec.frame(payload))
+
+
+class _Outbox:
+    """Sends one connection's frames in order, whichever task they come from.
+
+    A frame that finds the connection idle is sent at once by its own task.  While a send is in
+    progress, frames queue (at most :data:`OUTBOX_SIZE`; beyond that their senders wait) and
+    :meth:`drain` sends them in order, without their tasks waiting for it.  So a burst of replies
+    (one commit answers many requests) does not contend for the socket frame by frame, and an
+    event forwarder on an idle connection pays for no hand-over to another task.
+    """
+
+    def __init__(self, ws: Websocket) -> None:
+        self._ws = ws
+        self._queue: deque[bytes | str | trio.Event] = deque()  # an Event: a flush marker
+        self._room = trio.Semaphore(OUTBOX_SIZE)
+        self._busy = False  # a send is in progress
+        self._wake = trio.Event()
+
+    async def send(self, frame: bytes | str) -> None:
+        """Send ``frame`` now if the connection is idle, else queue it.
+
+        Waits on the socket (sending itself) or while the queue is full.
+        """
+        if not self._busy and not self._queue:
+            self._busy = True
+            try:
+                await self._ws.send(frame)
+            finally:
+                self._busy = False
+                if self._queue:
+                    self._wake.set()
+            return
+        try:
+            self._room.acquire_nowait()
+        except trio.WouldBlock:
+            await self._room.acquire()
+        self._enqueue(frame)
+
+    async def flush(self) -> None:
+        """Wait until every frame sent or queued so far has gone out."""
+        if self._busy or self._queue:
+            done = trio.Event()
+            self._enqueue(done)
+            await done.wait()
+
+    def _enqueue(self, item: bytes | str | trio.Event) -> None:
+        self._queue.append(item)
+        if not self._busy:
+            self._wake.set()  # else whoever is sending wakes the drain when done
+
+    async def drain(self) -> None:
+        """Send queued frames, in order, until cancelled.  Run it in the connection's nursery."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._queue and not self._busy:
+                item = self._queue.popleft()
+                if isinstance(item, trio.Event):
+                    item.set()
+                    continue
+                self._busy = True
+                try:
+                    await self._ws.send(item)
+                finally:
+                    self._busy = False
+                    self._room.release()

@@ -1,0 +1,116 @@
+"""``ml config init`` (write the client config file, mode 0600) and ``ml config show``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import stat
+import sys
+from pathlib import Path
+
+from fetchml.client import (
+    DEFAULT_URL,
+    ENV_URL,
+    Identity,
+    default_config_path,
+    load_settings,
+    mask_key,
+    write_config,
+)
+from fetchml.client._settings import normalize_url
+
+from ._ml import UsageError, read_key_file
+from ._ml_output import Output, print_pairs
+
+__all__ = ["config_init", "config_show"]
+
+
+def _path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else default_config_path()
+
+
+def config_init(args: argparse.Namespace, out: Output) -> int:
+    """Ask for (or read) the URL and key, try them against the server, write the file."""
+    path = _path(args)
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} exists; use --force to replace it")
+    url = normalize_url(_ask_url(args))
+    key = _ask_key(args)
+    user = None
+    if not args.no_check:
+        import trio
+
+        identity: Identity = trio.run(_check, url, key)
+        user = identity.user
+    write_config(path, url=url, key=key)
+    if out.json:
+        out.emit({"config_path": str(path), "url": url, "user": user})
+    else:
+        who = f" as {user}" if user else ""
+        out.line(f"wrote {path} (mode 0600): {url}{who}")
+    return 0
+
+
+def _ask_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url)
+    default = os.environ.get(ENV_URL) or DEFAULT_URL
+    if args.key_stdin or args.key_file or not sys.stdin.isatty():
+        return default
+    answer = input(f"Server URL [{default}]: ").strip()
+    return answer or default
+
+
+def _ask_key(args: argparse.Namespace) -> str:
+    if args.key_file:
+        return read_key_file(args.key_file)
+    if args.key_stdin:
+        return read_key_file("-")
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to ask for the API key on; use --key-stdin")
+    key = getpass.getpass("API key (input hidden): ").strip()
+    if not key:
+        raise UsageError("no API key given")
+    return key
+
+
+async def _check(url: str, key: str) -> Identity:
+    from fetchml.client import connect
+
+    async with connect(url, key) as client:
+        return await client.whoami()
+
+
+def config_show(args: argparse.Namespace, out: Output) -> int:
+    """The settings in effect and where each comes from; the key is always masked."""
+    key = read_key_file(args.key_file) if args.key_file else None
+    settings = load_settings(url=args.url, key=key, config_path=_path(args))
+    path = settings.config_path
+    exists = path.exists()
+    mode = stat.S_IMODE(path.stat().st_mode) if exists else None
+    if out.json:
+        out.emit(
+            {
+                "config_path": str(path),
+                "config_exists": exists,
+                "config_mode": None if mode is None else f"{mode:04o}",
+                "url": settings.url,
+                "url_source": settings.url_source,
+                "key": mask_key(settings.key),
+                "key_source": settings.key_source,
+            }
+        )
+        return 0
+    where = f"mode {mode:04o}" if mode is not None else "not found"
+    print_pairs(
+        out,
+        [
+            ("config file", f"{path} ({where})"),
+            ("url", f"{settings.url} (from {settings.url_source})"),
+            ("api key", f"{mask_key(settings.key)} (from {settings.key_source})"),
+        ],
+    )
+    if mode is not None and mode & 0o077:
+        out.note(f"warning: {path} is readable by others; run: chmod 600 {path}")
+    return 0

@@ -1,0 +1,148 @@
+"""``ml queue`` (with ``--wait`` and ``--dry-run``) and ``ml cancel``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from fetchml._models import JobSpec, validate_spec
+from fetchml.client import Client
+from fetchml.errors import FetchMLError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
+
+from ._ml import exit_code_for
+from ._ml_follow import exit_status, follow_job
+from ._ml_output import Output, fmt_memory, print_pairs, spec_lines
+
+__all__ = ["build_spec", "cancel", "queue"]
+
+JOBS_CREATE = "jobs:create"  # the permission name (contract); fetchml.auth is not imported
+
+
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job spec the ``queue`` options describe (unset options keep the server defaults)."""
+    command: list[str] = list(args.command)
+    spec: dict[str, Any] = {"command": command}
+    if args.shell:
+        spec.update(command=" ".join(command), shell=True)
+    resources = {
+        name: value
+        for name, value in (("cpus", args.cpu), ("memory_mb", args.memory), ("gpus", args.gpu))
+        if value is not None
+    }
+    if resources:
+        spec["resources"] = resources
+    optional = {
+        "name": args.name,
+        "priority": args.priority,
+        "timeout_s": args.timeout,
+        "max_retries": args.retries,
+        "depends_on": args.after,
+        "tags": args.tag,
+        "env": dict(args.env) if args.env else None,
+        "cwd": os.path.abspath(args.cwd) if args.cwd else None,
+        "experiment": args.experiment,
+    }
+    spec.update({name: value for name, value in optional.items() if value is not None})
+    return spec
+
+
+async def queue(client: Client, args: argparse.Namespace, out: Output) -> int:
+    spec = build_spec(args)
+    if args.dry_run:
+        return await _dry_run(client, spec, out)
+    job = await client.submit(spec)
+    if not args.wait:
+        if out.json:
+            out.emit(job)
+        else:
+            out.line(str(job.id))
+        return 0
+    try:
+        final = await follow_job(client, job, out, states=True, since=job.seq)
+    except KeyboardInterrupt:
+        out.note(f"stopped waiting; job {job.id} goes on (ml cancel {job.id} stops it)")
+        raise
+    return exit_status(final)
+
+
+async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
+    """Check the job as the server would, without queueing it.
+
+    The server has no dry-run op, so this validates the spec with the server's own validator,
+    checks the key may create jobs (``whoami``), that the resources fit the server's totals
+    (``status``) and that the jobs it waits for exist (``get``).
+    """
+    spec = validate_spec(raw)
+    identity = await client.whoami()
+    if JOBS_CREATE not in identity.permissions:
+        raise PermissionDeniedError(f"missing permission {JOBS_CREATE}", permission=JOBS_CREATE)
+    report = await client.status()
+    _check_fits(spec, report.cpus_total, report.memory_mb_total, len(report.gpus_total))
+    for index, dep in enumerate(spec.depends_on):
+        try:
+            await client.get(dep)
+        except JobNotFoundError:
+            raise InvalidSpecError(
+                f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
+            ) from None
+    fits_now = (
+        spec.resources.cpus <= report.cpus_free
+        and spec.resources.memory_mb <= report.memory_mb_free
+        and spec.resources.gpus <= len(report.gpus_free)
+    )
+    if out.json:
+        out.emit(
+            {
+                "dry_run": True,
+                "valid": True,
+                "user": identity.user,
+                "spec": spec,
+                "fits_now": fits_now,
+            }
+        )
+        return 0
+    out.line(f"dry run: the job is valid; it would be queued for {identity.user} as:")
+    print_pairs(out, spec_lines(spec))
+    free = (
+        f"{report.cpus_free:g}/{report.cpus_total:g} cpus, "
+        f"{fmt_memory(report.memory_mb_free)}/{fmt_memory(report.memory_mb_total)} memory, "
+        f"{len(report.gpus_free)}/{len(report.gpus_total)} gpus free"
+    )
+    out.line(f"it {'would start now' if fits_now else 'would wait for resources'} ({free})")
+    return 0
+
+
+def _check_fits(spec: JobSpec, cpus: float, memory_mb: int, gpus: int) -> None:
+    """Raise InvalidSpecError (as the server's submit does) for a job that could never run."""
+    need = spec.resources
+    problem = None
+    if need.cpus > cpus:
+        problem = f"resources.cpus: {need.cpus:g} requested, this server has {cpus:g}"
+    elif need.memory_mb > memory_mb:
+        problem = f"resources.memory_mb: {need.memory_mb} requested, this server has {memory_mb}"
+    elif need.gpus > gpus:
+        problem = f"resources.gpus: {need.gpus} requested, this server has {gpus}"
+    if problem is not None:
+        raise InvalidSpecError(problem, field=problem.split(":", 1)[0])
+
+
+async def cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
+    """Cancel each job; report each; exit with the first error's status."""
+    status = 0
+    cancelled = []
+    for job_id in args.jobs:
+        try:
+            with out.spinner(f"cancelling job {job_id}"):
+                job = await client.cancel(job_id)
+        except FetchMLError as exc:
+            where = "" if f"job {job_id}" in exc.message else f"job {job_id}: "
+            out.note(f"error: {where}{exc.message}")
+            status = status or exit_code_for(exc)
+            continue
+        cancelled.append(job)
+        if not out.json:
+            out.line(f"job {job.id} {job.state.value}")
+    if out.json:
+        out.emit(cancelled)
+    return status

@@ -1,0 +1,64 @@
+"""The Fetch ML protocol client: submit, inspect and follow jobs from any trio program.
+
+::
+
+    import trio
+    import fetchml.client
+
+    async def main():
+        async with fetchml.client.connect("http://127.0.0.1:9103", key) as client:
+            job = await client.submit({"command": ["python", "train.py"]})
+            async with client.subscribe(job.id, logs=True) as events:
+                async for event in events:
+                    if isinstance(event, fetchml.client.LogChunk):
+                        print(event.data.decode(), end="")
+                    elif isinstance(event, fetchml.client.LogEnd):
+                        break
+            print((await client.wait(job.id)).state)
+
+    trio.run(main)
+
+``connect()`` without arguments reads ``FETCHML_URL`` / ``FETCHML_API_KEY``, then the config file
+written by ``ml config init``.  It speaks the WebSocket protocol (msgpack frames) of the server.
+"""
+
+from ._client import Client
+from ._connect import DEFAULT_CONNECT_TIMEOUT, connect
+from ._errors import ConnectionLostError, ServerUnreachableError
+from ._frames import Event, Identity, JobUpdate, LogChunk, LogEnd, ServerStatus
+from ._settings import (
+    DEFAULT_URL,
+    ENV_KEY,
+    ENV_URL,
+    Settings,
+    default_config_path,
+    load_settings,
+    mask_key,
+    websocket_url,
+    write_config,
+)
+from ._subscription import Subscription
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_URL",
+    "ENV_KEY",
+    "ENV_URL",
+    "Client",
+    "ConnectionLostError",
+    "Event",
+    "Identity",
+    "JobUpdate",
+    "LogChunk",
+    "LogEnd",
+    "ServerStatus",
+    "ServerUnreachableError",
+    "Settings",
+    "Subscription",
+    "connect",
+    "default_config_path",
+    "load_settings",
+    "mask_key",
+    "websocket_url",
+    "write_config",
+]

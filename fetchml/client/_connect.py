@@ -1,0 +1,172 @@
+"""Opening a connection: settings, the WebSocket handshake, and errors that name the URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+from urllib.parse import urlsplit
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from fetchml.errors import AuthError, FetchMLError
+
+from ._client import Client
+from ._errors import ServerUnreachableError, error_from_wire
+from ._settings import Settings, load_settings, websocket_url
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect"]
+
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+# Frames up to this size are accepted from the server (a list of many jobs can be large).
+MAX_FRAME_BYTES: Final = 64 << 20
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None = None,
+    key: str | None = None,
+    *,
+    config_path: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> AsyncIterator[Client]:
+    """Connect to a Fetch ML server: ``async with connect(url, key) as client: ...``.
+
+    ``url`` is the server's base URL (``http://127.0.0.1:9103``; ``ws://…/ws`` works too) and
+    ``key`` an API key; either left out comes from ``FETCHML_URL`` / ``FETCHML_API_KEY``, then the
+    client config file (see :func:`load_settings`).
+
+    Raises :class:`ServerUnreachableError` (naming the URL) when no connection can be made,
+    :class:`AuthError` for a rejected key, :class:`ConfigError` for a bad URL or config file.
+    """
+    settings = load_settings(url=url, key=key, config_path=config_path)
+    connected = False
+    try:
+        async with trio.open_nursery() as nursery:
+            ws, stream = await _open_websocket(nursery, settings, connect_timeout)
+            connected = True
+            client = Client(ws, settings.url, nursery, key=settings.key, stream=stream)
+            nursery.start_soon(client._read_frames)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = _single_leaf(group)
+        if leaf is None:
+            raise
+        if not connected:
+            raise _connect_error(leaf, settings) from None
+        raise leaf from None
+    except BaseException as exc:
+        if connected:
+            raise
+        raise _connect_error(exc, settings) from None
+
+
+async def _open_websocket(
+    nursery: trio.Nursery, settings: Settings, limit_s: float
+) -> tuple[WebSocketConnection, trio.abc.AsyncResource]:
+    """Open the TCP (or TLS) stream ourselves, so that it is closed whatever goes wrong:
+    trio-websocket leaves the socket open when the server rejects the upgrade."""
+    headers: list[tuple[bytes, bytes]] = []
+    if settings.key is not None:
+        if not settings.key.isascii() or not settings.key.isprintable() or " " in settings.key:
+            raise AuthError("the API key has characters no API key has (spaces or control)")
+        headers.append((b"authorization", f"Bearer {settings.key}".encode()))
+    target = urlsplit(websocket_url(settings.url))
+    secure = target.scheme == "wss"
+    host = target.hostname or "127.0.0.1"
+    port = target.port or (443 if secure else 80)
+    host_header = f"[{host}]" if ":" in host else host
+    if port not in (80, 443):
+        host_header = f"{host_header}:{port}"
+    with trio.fail_after(limit_s):
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        if secure:
+            import ssl
+
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl.create_default_context(), https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+        try:
+            ws = await wrap_client_stream(
+                nursery,
+                stream,
+                host_header,
+                target.path,
+                extra_headers=headers,
+                max_message_size=MAX_FRAME_BYTES,
+            )
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    return ws, stream
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested single-member groups, or None if there are several."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _connect_error(exc: BaseException, settings: Settings) -> BaseException:
+    """A connection-phase failure as a Fetch ML error naming the URL (others pass through)."""
+    url = settings.url
+    prefix = f"cannot reach the Fetch ML server at {url}"
+    if isinstance(exc, trio.TooSlowError):
+        return ServerUnreachableError(f"{prefix}: no answer in time", url=url)
+    if isinstance(exc, ConnectionRejected):
+        return _rejected(exc, url)
+    if isinstance(exc, OSError):
+        return ServerUnreachableError(f"{prefix}: {_os_reason(exc)}", url=url)
+    if isinstance(exc, HandshakeError | trio.BrokenResourceError | ConnectionClosed):
+        return ServerUnreachableError(f"{prefix}: the WebSocket handshake failed", url=url)
+    return exc
+
+
+def _rejected(exc: ConnectionRejected, url: str) -> FetchMLError:
+    try:
+        body = msgspec.json.decode(exc.body or b"{}")
+        error = body["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        code, message = "", ""
+    if exc.status_code in (401, 403) and code:
+        return error_from_wire(code, message, permission=error.get("permission"))
+    return ServerUnreachableError(
+        f"the server at {url} refused the WebSocket connection (HTTP {exc.status_code}); "
+        "is this the URL of a Fetch ML server?",
+        url=url,
+    )
+
+
+def _os_reason(exc: OSError) -> str:
+    """``connection refused`` and the like; trio.open_tcp_stream hides the per-address errors
+    in an exception group as ``__cause__``."""
+    errors: list[BaseException] = [exc]
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        errors = [*cause.exceptions, exc]
+    for error in errors:
+        if isinstance(error, OSError) and error.errno and error.errno > 0:
+            return os.strerror(error.errno).lower()
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror.lower()
+    return str(exc) or type(exc).__name__

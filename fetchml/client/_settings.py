@@ -1,0 +1,225 @@
+"""Client settings: the server URL and the API key, from arguments, environment or config file.
+
+Precedence: explicit values (command-line flags, ``connect()`` arguments), then ``FETCHML_URL`` /
+``FETCHML_API_KEY``, then the YAML file ``$XDG_CONFIG_HOME/fetchml/config.yaml`` (by default
+``~/.config/fetchml/config.yaml``), then the default URL ``http://127.0.0.1:9103``.  The key is
+kept as given and sent as-is; nothing here ever prints it (:func:`mask_key` shows its key id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from fetchml.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_KEY",
+    "ENV_URL",
+    "Settings",
+    "default_config_path",
+    "http_url",
+    "load_settings",
+    "mask_key",
+    "websocket_url",
+    "write_config",
+]
+
+DEFAULT_URL: Final = "http://127.0.0.1:9103"
+ENV_URL: Final = "FETCHML_URL"
+ENV_KEY: Final = "FETCHML_API_KEY"
+CONFIG_KEYS: Final = ("url", "api_key")
+_SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to connect and with which key, and where each came from (for ``ml config show``).
+
+    ``url_source`` / ``key_source`` are ``"flag"``, ``"env"``, ``"config"`` or ``"default"``
+    (``key_source`` is ``"none"`` without a key).  The key is left out of ``repr``.
+    """
+
+    url: str
+    key: str | None = field(repr=False)
+    url_source: str
+    key_source: str
+    config_path: Path
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/fetchml/config.yaml``, else ``~/.config/fetchml/config.yaml``."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    return root / "fetchml" / "config.yaml"
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """The settings in a client config file ({} if it does not exist).  Raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    return _check_config(path, data)
+
+
+def _check_config(path: Path, data: Any) -> dict[str, str]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'url' and 'api_key'")
+    settings: dict[str, str] = {}
+    for name, value in data.items():
+        if name not in CONFIG_KEYS:
+            known = ", ".join(CONFIG_KEYS)
+            raise ConfigError(f"{path}: unknown setting {name!r} (known: {known})")
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: {name}: must be a non-empty string")
+        settings[name] = value.strip()
+    return settings
+
+
+def load_settings(
+    *,
+    url: str | None = None,
+    key: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the settings; ``url``/``key`` win over the environment, which wins over the file.
+
+    The config file is only read when the environment and arguments leave something unset.
+    Raises :class:`ConfigError` for an unreadable or invalid config file.
+    """
+    env = os.environ if env is None else env
+    path = Path(config_path) if config_path is not None else default_config_path(env)
+    url_value, url_source = _first((url, "flag"), (env.get(ENV_URL), "env"))
+    key_value, key_source = _first((key, "flag"), (env.get(ENV_KEY), "env"))
+    if url_value is None or key_value is None:
+        stored = read_config_file(path)
+        if url_value is None:
+            url_value, url_source = _first((stored.get("url"), "config"), (DEFAULT_URL, "default"))
+        if key_value is None:
+            key_value, key_source = _first((stored.get("api_key"), "config"))
+    assert url_value is not None
+    return Settings(
+        url=normalize_url(url_value),
+        key=key_value,
+        url_source=url_source,
+        key_source=key_source if key_value is not None else "none",
+        config_path=path,
+    )
+
+
+def _first(*candidates: tuple[str | None, str]) -> tuple[str | None, str]:
+    for value, source in candidates:
+        if value is not None and value.strip():
+            return value.strip(), source
+    return None, "none"
+
+
+def normalize_url(url: str) -> str:
+    """``url`` with a scheme (``http://`` when it has none) and no trailing slash.
+
+    Raises :class:`ConfigError` for a scheme other than http, https, ws or wss, or no host.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in _SCHEMES:
+        raise ConfigError(f"server URL {url!r}: the scheme must be http, https, ws or wss")
+    if not parts.hostname:
+        raise ConfigError(f"server URL {url!r}: no host")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ConfigError(f"server URL {url!r}: invalid port") from None
+    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def websocket_url(url: str) -> str:
+    """The WebSocket endpoint for a server URL: ``http://h:p`` → ``ws://h:p/ws``.
+
+    A ``ws://`` or ``wss://`` URL is taken as is when its path already ends in ``/ws``.
+    """
+    parts = urlsplit(normalize_url(url))
+    path = parts.path
+    if not path.endswith("/ws"):
+        path = f"{path}/ws"
+    return urlunsplit((_SCHEMES[parts.scheme], parts.netloc, path, "", ""))
+
+
+def http_url(url: str) -> str:
+    """The HTTP base URL for a server URL: ``ws://h:p/ws`` → ``http://h:p``."""
+    parts = urlsplit(normalize_url(url))
+    scheme = "https" if parts.scheme in ("https", "wss") else "http"
+    path = parts.path
+    if parts.scheme in ("ws", "wss") and path.endswith("/ws"):
+        path = path[: -len("/ws")]
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def mask_key(key: str | None) -> str:
+    """A key shown safely: ``fml_<key id>_****`` for keys of our format, else ``****``."""
+    if not key:
+        return "(none)"
+    prefix, _, rest = key.partition("_")
+    key_id, sep, _secret = rest.partition("_")
+    if prefix == "fml" and sep and len(key_id) == 12:
+        return f"fml_{key_id}_****"
+    return "****"
+
+
+def write_config(path: Path, *, url: str, key: str) -> None:
+    """Write the client config file atomically, mode 0600 (its directory 0700 when created).
+
+    Raises :class:`ConfigError` when the file cannot be written.
+    """
+    import yaml
+
+    body = (
+        "# Fetch ML client settings, written by `ml config init`.\n"
+        "# It holds your API key: keep this file private (mode 0600).\n"
+        + yaml.safe_dump({"url": url, "api_key": key}, default_flow_style=False, sort_keys=False)
+    )
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _atomic_write(path, body.encode())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
