@@ -273,7 +273,7 @@ async def test_subscribe_since_resumes_without_gap_or_duplicate(server: Server) 
             resumed = await second.ok("subscribe", since=last)
             assert resumed["since"] == last
             wanted = set(before + after)
-            ended: set[int] = set()
+            ended = {e["job"]["id"] for e in seen if e["job"]["state"] == "succeeded"}
             rest = []
             while not wanted <= ended:
                 event = await second.event()
@@ -367,10 +367,16 @@ async def test_json_text_frames_work_end_to_end(server: Server) -> None:
 async def test_requests_run_concurrently_on_one_connection(server: Server) -> None:
     """A slow request (a cancel waits for the job to end) does not hold up the next one."""
     async with ws_connect(server.base, server.users.alice) as ws:
-        job = await ws.ok("submit", spec={"command": "trap '' TERM; sleep 30", "shell": True})
-        job_id = job["job"]["id"]
+        script = "trap '' TERM; echo ready; exec sleep 30"  # SIGTERM stays ignored
+        job_id = (await ws.ok("submit", spec={"command": script, "shell": True}))["job"]["id"]
         async with HttpSession(server.base) as session:
-            await until_job(session, server.users.alice, job_id, ("running",))
+            with trio.fail_after(10):
+                while True:  # until the trap is set
+                    path = f"/api/v1/jobs/{job_id}/logs"
+                    log = await session.request("GET", path, key=server.users.alice)
+                    if log.body == b"ready\n":
+                        break
+                    await trio.sleep(0.02)
         cancel, whoami = ws.next_id(), ws.next_id()
         started = trio.current_time()
         await ws.send({"op": "cancel", "id": cancel, "job_id": job_id})
