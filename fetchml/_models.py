@@ -31,7 +31,8 @@ __all__ = [
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Priority = Annotated[int, msgspec.Meta(ge=1, le=10)]
-JobId = Annotated[int, msgspec.Meta(ge=1)]
+# SQLite's INTEGER range: a larger id names no job and would overflow the store.
+JobId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Name = Annotated[str, msgspec.Meta(max_length=200)]
 
 

@@ -588,3 +588,30 @@ async def test_subscribing_to_another_users_job_is_not_found(world: World, logs:
         assert reply["error"] == {"code": "not_found", "message": f"no job with id {job_id}"}
         assert await bob.quiet(0.2) == []
         assert (await bob.ok("whoami"))["user"] == "bob"
+
+
+async def test_depends_on_cannot_probe_another_users_job(world: World) -> None:
+    """A researcher's dependency on bob's job is refused exactly like one on a missing job."""
+    for target in (world.blockers["bob"], 10**9):
+        response = await http(
+            world.base,
+            "POST",
+            "/api/v1/jobs",
+            key=world.key("alice"),
+            json_body={"command": ["/bin/true"], "depends_on": [target]},
+        )
+        assert response.status == 400, response.body
+        assert response.error == {
+            "code": "invalid_spec",
+            "message": f"depends_on[0]: unknown job {target}",
+            "field": "depends_on[0]",
+        }
+    # The admin may see bob's job, so may depend on it.
+    response = await http(
+        world.base,
+        "POST",
+        "/api/v1/jobs",
+        key=world.key("admin"),
+        json_body={"command": ["/bin/true"], "depends_on": [world.blockers["bob"]]},
+    )
+    assert response.status == 201, response.body

@@ -107,7 +107,8 @@ async def run_server(
 ) -> None:
     """Run until SIGINT/SIGTERM (or ``stop``); ``task_status.started`` gets the bound URLs.
 
-    ``handle_signals=False`` leaves the process's signals alone (embedding, tests).
+    ``handle_signals=False`` leaves the process alone (embedding, tests): its signal handlers
+    and its garbage-collector settings, which a server owning its process tunes.
 
     Raises :class:`ConfigError` / :class:`StoreError` on start-up problems.
     """
@@ -117,14 +118,16 @@ async def run_server(
         stop = trio.Event()
     store = await Store.open(config.data_path, synchronous=config.store.synchronous)
     gc_thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
+    if handle_signals:
+        gc.set_threshold(*GC_THRESHOLDS)
     try:
         async with trio.open_nursery() as supervisor:
             await supervisor.start(auth.run)
             scheduler = await start_actors(supervisor, config, store)
             # Everything recovery loaded (every unfinished job) lives as long as the server: move
             # it out of the collector's reach so full collections stop rescanning it.
-            gc.freeze()
+            if handle_signals:
+                gc.freeze()
             closing = trio.Event()
             app = create_app(Service(scheduler, auth), config.server, closing)
             hconfig = _hypercorn_config(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .._models import Job, JobSpec, JobState
+from .._models import Job, JobSpec, JobState, validate_spec
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
 from ..errors import AuthError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
@@ -42,15 +42,20 @@ class Service:
         return await self.auth.authenticate(key)
 
     async def submit(self, who: Principal, spec: JobSpec | Mapping[str, Any]) -> Job:
-        """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError."""
+        """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError.
+
+        A dependency on a job ``who`` may not see is reported as unknown, like a missing one, so
+        ``depends_on`` cannot probe other users' jobs.  Waits on the store for each dependency.
+        """
         who.require(JOBS_CREATE)
-        depends_on = spec.depends_on if isinstance(spec, JobSpec) else spec.get("depends_on")
-        for index, dep in enumerate(depends_on if isinstance(depends_on, list) else ()):
-            if isinstance(dep, int) and dep > MAX_JOB_ID:
+        checked = validate_spec(spec)
+        for index, dep in enumerate(checked.depends_on):
+            owner = await self._owner(dep)
+            if owner is None or not who.can_read_job(owner):
                 raise InvalidSpecError(
                     f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
                 )
-        return await self.scheduler.submit(spec, user=who.user)  # it validates the spec
+        return await self.scheduler.submit(checked, user=who.user)
 
     async def get(self, who: Principal, job_id: int) -> Job:
         """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""
@@ -130,6 +135,12 @@ class Service:
             "permissions": sorted(who.permissions),
             "admin": who.admin,
         }
+
+    async def _owner(self, job_id: int) -> str | None:
+        try:
+            return (await self._job(job_id)).user
+        except JobNotFoundError:
+            return None
 
     async def _job(self, job_id: int) -> Job:
         if job_id > MAX_JOB_ID:
