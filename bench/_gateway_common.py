@@ -54,6 +54,7 @@ __all__ = [
     "pipelined_run",
     "raise_fd_limit",
     "session",
+    "start_holder",
     "ws_call",
     "ws_connect",
 ]
@@ -207,9 +208,15 @@ def _write_auth_file(path: Path) -> Keys:
 
 @contextlib.contextmanager
 def fetchml_server(
-    folder: Path, *, scheduler: dict[str, Any], server: dict[str, Any] | None = None
+    folder: Path,
+    *,
+    scheduler: dict[str, Any],
+    server: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Server, Keys, Path]]:
     """Run ``run_server`` in a child process on a free port; yield (server, keys, data dir).
+
+    ``extra`` adds top-level config sections; everything else is the server's default.
 
     ``folder`` holds the config, the auth file, the log and the data dir.  On exit the server is
     stopped and any job process it left running is killed.
@@ -226,6 +233,7 @@ def fetchml_server(
         "scheduler": {"gpus": [], **scheduler},
         "executor": {"kill_grace_s": 1.0},
         "logging": {"level": "warning"},
+        **(extra or {}),
     }
     config_path = folder / "server.yaml"
     config_path.write_bytes(msgspec.json.encode(config))  # JSON is YAML
@@ -501,6 +509,20 @@ def ws_call(port: int, key: str, request: dict[str, Any]) -> Reply:
             frames = parser.feed(chunk)
     finally:
         close_ws(sock)
+
+
+def start_holder(port: int, keys: Keys, spec: dict[str, Any]) -> int:
+    """Submit ``spec`` (a job that holds every cpu) and wait until it runs; its job id."""
+    reply = ws_call(port, keys.alice, {"op": "submit", "id": 1, "spec": spec})
+    assert reply.job is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = ws_call(port, keys.admin, {"op": "status", "id": 2}).status
+        assert status is not None
+        if status["counts"].get("running"):
+            return int(reply.job["id"])
+        time.sleep(0.05)
+    raise RuntimeError("the job meant to hold the cpus did not start")
 
 
 @dataclass

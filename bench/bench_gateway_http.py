@@ -8,7 +8,7 @@ the POST) when it is installed, else a lean Python client in this process; the b
 gets the same one.  Runs alternate between the two servers; medians of 3.
 
 No job runs (as in bench_gateway_ws.py): the scheduler has one cpu, held by a ``sleep`` job, and
-every bench job ``depends_on`` it, so the server only stores (durably) and acknowledges.
+every bench job needs one cpu, so the server only stores (durably) and acknowledges.
 
 Then, for the cost of auth per request once the key is cached: ``GET /health`` (no auth) against
 ``GET /api/v1/whoami`` (auth, then a small reply) on the same server; the difference in server CPU
@@ -39,6 +39,7 @@ from _gateway_common import (
     fetchml_server,
     http_run,
     session,
+    start_holder,
     ws_call,
 )
 
@@ -132,10 +133,8 @@ def main(folder: Callable[[str], Path], client: str) -> int:
         bare_server(folder("bare")) as bare,
         fetchml_server(folder("fetchml"), scheduler={"cpus": 1, "memory_mb": 0}) as (ours, keys, _),
     ):
-        holder = ws_call(ours.port, keys.alice, {"op": "submit", "id": 1, "spec": HOLDER})
-        assert holder.job is not None
+        start_holder(ours.port, keys, HOLDER)
         spec = {"command": ["/bin/true"], "resources": {"cpus": 1}}
-        spec["depends_on"] = [holder.job["id"]]
         body = json.dumps(spec, separators=(",", ":")).encode()
 
         def measure(server: Server, request: Request, duration: int) -> Run:

@@ -19,6 +19,7 @@ from ._models import describe_validation_error
 from .errors import ConfigError
 
 __all__ = [
+    "AuditSettings",
     "Config",
     "ExecutorSettings",
     "RaySettings",
@@ -89,6 +90,7 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
     subscriber_buffer: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    cors_origins: list[str] = []  # browser origins allowed cross-origin; empty: CORS off
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +98,16 @@ class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+
+
+class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The tamper-evident audit log: one hash-chained JSON line per action or refusal.
+
+    ``file`` defaults to ``<data_dir>/audit.log``.
+    """
+
+    enabled: bool = True
+    file: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -111,12 +123,17 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     auth: dict[str, Any] | None = None
     auth_file: str = "configs/auth.yaml"
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.audit.file) if self.audit.file else self.data_path / "audit.log"
 
 
 def _convert(data: object, *, source: str) -> Config:

@@ -9,6 +9,7 @@ source and the field path, e.g. ``auth.yaml: auth.api_keys.alice.roles[0]: unkno
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -23,6 +24,7 @@ from ._principal import Principal
 __all__ = ["NAME_RULE", "AuthConfig", "UserEntry", "is_valid_name", "parse_auth_config"]
 
 T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NAME_RULE: Final = "1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -50,6 +52,11 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     api_keys: dict[str, UserEntry] = {}
     roles: dict[str, tuple[str, ...]] = {}
+    ip_whitelist: tuple[str, ...] = ()  # CIDRs, checked by parse_auth_config; empty: allow all
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """The allow-list as parsed networks (empty: every address is allowed)."""
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in self.ip_whitelist)
 
     def has_role(self, role: str) -> bool:
         """Return whether ``role`` is built in or defined under ``roles``."""
@@ -87,6 +94,7 @@ class _RawSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     api_keys: dict[str, Any] = {}
     roles: dict[str, Any] = {}
+    ip_whitelist: tuple[str, ...] = ()
 
 
 class _RawUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -115,13 +123,14 @@ def parse_auth_config(data: object, *, source: str) -> AuthConfig:
         name: _parse_role(name, perms, source=source)
         for name, perms in _checked_names(section.roles, source=source, path="auth.roles")
     }
+    whitelist = _parse_whitelist(section.ip_whitelist, source=source)
     config = AuthConfig(enabled=section.enabled, roles=roles)
     users = {
         name: _parse_user(config, f"auth.api_keys.{name}", raw, source=source)
         for name, raw in _checked_names(section.api_keys, source=source, path="auth.api_keys")
     }
     _check_unique_key_ids(users, source=source)
-    return AuthConfig(enabled=section.enabled, api_keys=users, roles=roles)
+    return AuthConfig(enabled=section.enabled, api_keys=users, roles=roles, ip_whitelist=whitelist)
 
 
 def with_user(config: AuthConfig, user: str, entry: UserEntry, *, source: str) -> AuthConfig:
@@ -140,6 +149,7 @@ def to_builtins(config: AuthConfig) -> dict[str, Any]:
         "enabled": config.enabled,
         "api_keys": {user: entry_to_builtins(entry) for user, entry in config.api_keys.items()},
         "roles": {name: list(perms) for name, perms in config.roles.items()},
+        **({"ip_whitelist": list(config.ip_whitelist)} if config.ip_whitelist else {}),
     }
 
 
@@ -153,6 +163,18 @@ def entry_to_builtins(entry: UserEntry) -> dict[str, Any]:
     if entry.permissions:
         out["permissions"] = dict(entry.permissions)
     return out
+
+
+def _parse_whitelist(entries: tuple[str, ...], *, source: str) -> tuple[str, ...]:
+    """Check every entry is an IPv4 or IPv6 address or network; return them normalised."""
+    out = []
+    for index, entry in enumerate(entries):
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=True)
+        except ValueError as exc:
+            _fail(source, f"auth.ip_whitelist[{index}]", f"{entry!r} is not a valid CIDR: {exc}")
+        out.append(str(network))
+    return tuple(out)
 
 
 def _parse_role(name: str, perms: object, *, source: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FetchMLError
-from . import _keys
+from . import _audit, _keys
 
 __all__ = ["main"]
 
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(check)
     check.set_defaults(func=_check)
     _keys.register(commands)
+    _audit.register(commands)
     return parser
 
 

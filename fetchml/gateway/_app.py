@@ -13,6 +13,7 @@ from .._config import ServerSettings
 from ..errors import AuthError, FetchMLError
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
+from ._security import install_security
 from ._service import Service
 from ._wire import error_body
 from ._ws import Connection
@@ -34,6 +35,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = 60
     metrics = metrics or Metrics()
+    install_security(app, settings, service)
     register_http(app, service, metrics, closing)
 
     @app.websocket("/ws")

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..store import Store
 from . import _hypercorn_fix
 from ._app import create_app
+from ._audit import AuditLog
 from ._service import Service
 
 __all__ = ["load_auth", "run_server"]
@@ -129,7 +130,10 @@ async def run_server(
             if handle_signals:
                 gc.freeze()
             closing = trio.Event()
-            app = create_app(Service(scheduler, auth), config.server, closing)
+            audit = AuditLog(config.audit_path) if config.audit.enabled else None
+            if audit is not None:
+                await supervisor.start(audit.run)
+            app = create_app(Service(scheduler, auth, audit), config.server, closing)
             hconfig = _hypercorn_config(config)
 
             async def gateway(*, task_status: trio.TaskStatus[list[str]]) -> None:

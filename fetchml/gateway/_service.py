@@ -9,6 +9,7 @@ own jobs", and an analyst is told it lacks ``jobs:update``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from .._models import Job, JobSpec, JobState, validate_spec
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
 from ..errors import AuthError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
+from ._audit import AuditLog
 
 __all__ = ["MAX_JOB_ID", "Service"]
 
@@ -29,17 +31,35 @@ MAX_JOB_ID = 2**63 - 1
 class Service:
     """The operations of the gateway on behalf of authenticated principals."""
 
-    def __init__(self, scheduler: Scheduler, auth: AuthActor) -> None:
+    def __init__(
+        self, scheduler: Scheduler, auth: AuthActor, audit: AuditLog | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.auth = auth
+        self.audit = audit
 
     async def authenticate(self, key: str | None) -> Principal:
-        """The principal for an API key.  Raises :class:`AuthError` (401)."""
-        if not key:
-            if not self.auth.config.enabled:
-                return await self.auth.authenticate("")
-            raise AuthError("missing API key")
-        return await self.auth.authenticate(key)
+        """The principal for an API key.  Raises :class:`AuthError` (401), audited."""
+        try:
+            if not key:
+                if not self.auth.config.enabled:
+                    return await self.auth.authenticate("")
+                raise AuthError("missing API key")
+            return await self.auth.authenticate(key)
+        except AuthError as exc:
+            if self.audit is not None:
+                await self.audit.record("auth", user=None, outcome="refused", code=exc.code)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _refusals(self, action: str, who: Principal) -> AsyncIterator[None]:
+        """Audit a missing permission (403) raised inside the block, then let it through."""
+        try:
+            yield
+        except PermissionDeniedError as exc:
+            if self.audit is not None:
+                await self.audit.record(action, user=who.user, outcome="refused", code=exc.code)
+            raise
 
     async def submit(self, who: Principal, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError.
@@ -47,7 +67,8 @@ class Service:
         A dependency on a job ``who`` may not see is reported as unknown, like a missing one, so
         ``depends_on`` cannot probe other users' jobs.  Waits on the store for each dependency.
         """
-        who.require(JOBS_CREATE)
+        async with self._refusals("submit", who):
+            who.require(JOBS_CREATE)
         checked = validate_spec(spec)
         for index, dep in enumerate(checked.depends_on):
             owner = await self._owner(dep)
@@ -55,11 +76,15 @@ class Service:
                 raise InvalidSpecError(
                     f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
                 )
-        return await self.scheduler.submit(checked, user=who.user)
+        job = await self.scheduler.submit(checked, user=who.user)
+        if self.audit is not None:  # on disk before the submit is acknowledged
+            await self.audit.record("submit", user=who.user, job_id=job.id)
+        return job
 
     async def get(self, who: Principal, job_id: int) -> Job:
         """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""
-        self._require_some_read(who)
+        async with self._refusals("get", who):
+            self._require_some_read(who)
         job = await self._job(job_id)
         if not who.can_read_job(job.user):
             raise JobNotFoundError(job_id)
@@ -75,27 +100,33 @@ class Service:
         before_id: int | None = None,
     ) -> list[Job]:
         """Jobs ``who`` may see, newest first.  A researcher's list is always their own."""
-        self._require_some_read(who)
-        if not who.can(JOBS_READ_ALL):
-            if user not in (None, who.user):
-                raise PermissionDeniedError(
-                    f"missing permission {JOBS_READ_ALL}", permission=JOBS_READ_ALL
-                )
-            user = who.user
+        async with self._refusals("list", who):
+            self._require_some_read(who)
+            if not who.can(JOBS_READ_ALL):
+                if user not in (None, who.user):
+                    raise PermissionDeniedError(
+                        f"missing permission {JOBS_READ_ALL}", permission=JOBS_READ_ALL
+                    )
+                user = who.user
         return await self.scheduler.list(user=user, states=states, limit=limit, before_id=before_id)
 
     async def cancel(self, who: Principal, job_id: int) -> Job:
         """Cancel a job; returns it once ended.  Raises 404 / 403 / 409 errors."""
         job = await self._job(job_id)
-        who.require_cancel_job(job.user)
-        return await self.scheduler.cancel(job_id, user=who.user)
+        async with self._refusals("cancel", who):
+            who.require_cancel_job(job.user)
+        cancelled = await self.scheduler.cancel(job_id, user=who.user)
+        if self.audit is not None:  # on disk before the cancel is acknowledged
+            await self.audit.record("cancel", user=who.user, job_id=job_id)
+        return cancelled
 
     async def status(self, who: Principal) -> dict[str, Any]:
         """The queue summary (as a plain map: the wire has no use for the message tag).
 
         Without ``jobs:read:all`` the per-user counts show only the caller's own.
         """
-        who.require(STATUS_READ)
+        async with self._refusals("status", who):
+            who.require(STATUS_READ)
         report: StatusReport = await self.scheduler.status()
         summary = msgspec.structs.asdict(report)
         if not who.can(JOBS_READ_ALL):
@@ -123,7 +154,8 @@ class Service:
         if job_id is not None:
             await self.get(who, job_id)
             return self.scheduler.subscribe(job_id=job_id, since=since, buffer=buffer)
-        self._require_some_read(who)
+        async with self._refusals("subscribe", who):
+            self._require_some_read(who)
         user = None if who.can(JOBS_READ_ALL) else who.user
         return self.scheduler.subscribe(user=user, since=since, buffer=buffer)
 

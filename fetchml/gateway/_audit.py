@@ -1,0 +1,200 @@
+"""The tamper-evident audit log: one JSON line per state-changing action and per refused attempt.
+
+Each line is a JSON object with ``seq`` (its 1-based line number), ``ts``, ``user`` (or null),
+``source`` (the client's address), ``action``, ``outcome`` (``ok`` or ``refused``), ``code`` (the
+error code of a refusal), ``job_id`` where there is one, and ``prev``: the SHA-256 (hex) of the
+previous line's bytes, without its newline (64 zeros for the first line).  Key material is never
+written.  Editing, removing or reordering a line breaks the chain; :func:`verify_chain` names the
+first line where it breaks.
+
+Writes are batched: callers queue entries and wait; one writer task appends every queued entry
+with a single write and flush in a worker thread, then wakes them.  So an entry is on disk (in
+the OS) before the action it records is acknowledged, and a burst of submits costs one write.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import trio
+
+__all__ = ["GENESIS", "AuditLog", "VerifyResult", "source_address", "verify_chain"]
+
+GENESIS = "0" * 64
+# The client address of the request or WebSocket being served (set by the security hooks).
+source_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fetchml_source_address", default=None
+)
+
+
+class _Pending:
+    __slots__ = ("done", "entry", "error")
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self.done = trio.Event()
+        self.error: OSError | None = None
+
+
+class AuditLog:
+    """Appends hash-chained entries to ``path``; run :meth:`run` in a nursery (``start``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._send, self._receive = trio.open_memory_channel[_Pending](1024)
+        self._file: BinaryIO | None = None
+        self._prev = GENESIS
+        self._seq = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the file (continuing its chain) and write queued entries until cancelled."""
+        await trio.to_thread.run_sync(self._open)
+        task_status.started()
+        try:
+            while True:
+                batch = [await self._receive.receive()]
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                lines = [self._line(pending.entry) for pending in batch]
+                error: OSError | None = None
+                try:
+                    await trio.to_thread.run_sync(self._write, lines)
+                except OSError as exc:
+                    error = exc
+                for pending in batch:
+                    pending.error = error
+                    pending.done.set()
+        finally:
+            if self._file is not None:
+                self._file.close()
+
+    async def record(
+        self,
+        action: str,
+        *,
+        user: str | None,
+        outcome: str = "ok",
+        code: str | None = None,
+        job_id: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Append one entry and wait until it is written.  Raises OSError if it could not be."""
+        entry = {
+            "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds"),
+            "user": user,
+            "source": source if source is not None else source_address.get(),
+            "action": action,
+            "outcome": outcome,
+            "code": code,
+            "job_id": job_id,
+        }
+        pending = _Pending(entry)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _line(self, entry: dict[str, Any]) -> bytes:
+        self._seq += 1
+        line = json.dumps(
+            {"seq": self._seq, **entry, "prev": self._prev}, separators=(",", ":")
+        ).encode()
+        self._prev = hashlib.sha256(line).hexdigest()
+        return line
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        last = _last_line(self.path)
+        if last is not None:
+            self._prev = hashlib.sha256(last).hexdigest()
+            try:
+                self._seq = int(json.loads(last)["seq"])
+            except (ValueError, KeyError, TypeError):
+                self._seq = _count_lines(self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "ab")
+
+    def _write(self, lines: list[bytes]) -> None:
+        assert self._file is not None
+        self._file.write(b"".join(line + b"\n" for line in lines))
+        self._file.flush()
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last non-empty line of ``path`` (without its newline), or None."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            chunk = 4096
+            while True:
+                start = max(0, size - chunk)
+                f.seek(start)
+                data = f.read(size - start).rstrip(b"\n")
+                if b"\n" in data or start == 0:
+                    last = data.rsplit(b"\n", 1)[-1]
+                    return last or None
+                chunk *= 2
+    except FileNotFoundError:
+        return None
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+class VerifyResult:
+    """What :func:`verify_chain` found: ``count`` entries, and the first broken line if any."""
+
+    def __init__(self, count: int, bad_line: int | None = None, reason: str = "") -> None:
+        self.count = count
+        self.bad_line = bad_line
+        self.reason = reason
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_line is None
+
+
+def verify_chain(lines: Iterable[bytes]) -> VerifyResult:
+    """Check a hash chain, line by line (1-based numbers in the result).
+
+    A line whose ``prev`` does not match the line before it while its ``seq`` is right means the
+    line before was edited; a ``seq`` out of place means a line was removed or reordered there.
+    """
+    prev = GENESIS
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip(b"\n")
+        try:
+            entry = json.loads(line)
+            seq, stored_prev = entry["seq"], entry["prev"]
+        except (ValueError, KeyError, TypeError):
+            return VerifyResult(count, number, "not a valid audit entry (edited)")
+        if seq != number:
+            return VerifyResult(
+                count,
+                number,
+                f"entry {seq} found where entry {number} belongs (removed or reordered)",
+            )
+        if stored_prev != prev:
+            if number == 1:
+                return VerifyResult(count, 1, "edited (the chain does not start at genesis)")
+            return VerifyResult(
+                count,
+                number - 1,
+                f"edited (its hash does not match the 'prev' of line {number})",
+            )
+        prev = hashlib.sha256(line).hexdigest()
+        count += 1
+    return VerifyResult(count)

@@ -1,0 +1,122 @@
+"""Request hooks of the gateway: the IP allow-list, security headers and CORS.
+
+The allow-list (``auth.ip_whitelist``) is checked before anything else on every request and
+WebSocket upgrade, before any key is looked at: an address outside it gets 403 ``forbidden``
+"address not allowed", a warning in the log and an audit entry.  Every response carries the
+security headers below; CORS is off unless ``server.cors_origins`` lists origins, and then only
+those origins get ``Access-Control-Allow-Origin`` (and answered preflights).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from quart import Quart, Response, request, websocket
+
+from .._config import ServerSettings
+from ..auth import AuthConfig
+from ..auth._config import IPNetwork
+from ._audit import source_address
+from ._http import json_response
+from ._service import Service
+
+__all__ = ["SECURITY_HEADERS", "install_security"]
+
+log = logging.getLogger("fetchml.gateway")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+}
+CORS_METHODS = "GET, POST, OPTIONS"
+CORS_HEADERS = "Authorization, X-API-Key, Content-Type"
+CORS_MAX_AGE = "600"
+
+
+class _AllowList:
+    """``auth.ip_whitelist`` as networks, re-parsed only when the auth config changes."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._config: AuthConfig | None = None
+        self._networks: tuple[IPNetwork, ...] = ()
+
+    def allows(self, address: str | None) -> bool:
+        config = self._service.auth.config
+        if config is not self._config:
+            self._config, self._networks = config, config.networks()
+        return address_allowed(self._networks, address)
+
+
+def address_allowed(networks: tuple[IPNetwork, ...], address: str | None) -> bool:
+    """Whether ``address`` is inside ``networks`` (always, when there are none)."""
+    if not networks:
+        return True
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    return any(c in net for c in candidates for net in networks if c.version == net.version)
+
+
+def install_security(app: Quart, settings: ServerSettings, service: Service) -> None:
+    """Register the allow-list, header and CORS hooks on ``app`` (before any other hook)."""
+    origins = frozenset(settings.cors_origins)
+    allow_list = _AllowList(service)
+
+    async def refuse(address: str | None, what: str) -> Response:
+        log.warning("refused %s from %s: address not allowed", what, address)
+        if service.audit is not None:
+            await service.audit.record(what, user=None, outcome="refused", code="forbidden")
+        return json_response(
+            {"error": {"code": "forbidden", "message": "address not allowed"}}, status=403
+        )
+
+    async def check_request() -> Response | None:
+        address = request.remote_addr
+        source_address.set(address)
+        if not allow_list.allows(address):
+            return await refuse(address, f"{request.method} {request.path}")
+        if request.method == "OPTIONS" and origins:
+            origin = request.headers.get("Origin")
+            if origin in origins and request.headers.get("Access-Control-Request-Method"):
+                response = Response(b"", status=204)
+                response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+                response.headers["Access-Control-Allow-Headers"] = CORS_HEADERS
+                response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+                return response
+        return None
+
+    async def check_websocket() -> Response | None:
+        address = websocket.remote_addr
+        source_address.set(address)
+        if not allow_list.allows(address):
+            return await refuse(address, "websocket")
+        return None
+
+    async def add_headers(response: Response) -> Response:
+        headers = response.headers
+        for name, value in SECURITY_HEADERS.items():
+            headers.setdefault(name, value)
+        if request.path.startswith("/api/"):
+            headers["Cache-Control"] = "no-store"
+        if origins:
+            headers.add("Vary", "Origin")
+            origin = request.headers.get("Origin")
+            if origin in origins:
+                headers["Access-Control-Allow-Origin"] = origin
+        return response
+
+    app.before_request_funcs.setdefault(None, []).insert(0, check_request)
+    app.before_websocket_funcs.setdefault(None, []).insert(0, check_websocket)
+    app.after_request(add_headers)
