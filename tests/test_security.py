@@ -166,7 +166,8 @@ async def test_audit_log_records_actions_and_refusals(tmp_path: Path) -> None:
             r = await s.request("POST", f"/api/v1/jobs/{job_id}/cancel", key=users.bob)
             assert r.status == 403
         async with ws_connect(base, users.alice) as ws:
-            reply = await ws.ok("submit", spec=JOB)
+            # Long enough that the cancel always finds it queued or running (``true`` raced it).
+            reply = await ws.ok("submit", spec={**JOB, "command": ["sleep", "30"]})
             ws_job = reply["job"]["id"]
             await ws.ok("cancel", job_id=ws_job)
         async with ws_connect(base) as ws:

@@ -69,7 +69,8 @@ class Service:
         """
         async with self._refusals("submit", who):
             who.require(JOBS_CREATE)
-        checked = validate_spec(spec)
+        # A decoded JobSpec is already type-checked; the scheduler validates every spec fully.
+        checked = spec if isinstance(spec, JobSpec) else validate_spec(spec)
         for index, dep in enumerate(checked.depends_on):
             owner = await self._owner(dep)
             if owner is None or not who.can_read_job(owner):
