@@ -87,6 +87,7 @@ class Store:
         self._read_limiter = trio.CapacityLimiter(_CONNECTION_THREADS)
         self.next_job_id = 1 + (writer.execute("SELECT max(id) FROM jobs").fetchone()[0] or 0)
         self.next_seq = 1 + (writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
+        self._committed_seq = self.next_seq - 1
         self.closed = False
 
     @classmethod
@@ -122,8 +123,12 @@ class Store:
 
     @property
     def last_seq(self) -> int:
-        """The newest seq assigned so far (committed or about to be)."""
-        return self.next_seq - 1
+        """The newest committed seq: every event up to it can be read from the store.
+
+        Seqs handed out for a commit still in flight are not counted, so "from now on" (a
+        subscription's default start) never skips an event that is not yet readable.
+        """
+        return self._committed_seq
 
     def allocate_job_id(self) -> int:
         job_id = self.next_job_id
@@ -169,6 +174,8 @@ class Store:
                 raise
 
         await self._in_thread(self._write_limiter, _commit)
+        if batch.events:
+            self._committed_seq = max(self._committed_seq, batch.events[-1].seq)
 
     @staticmethod
     async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[[], T]) -> T:
