@@ -29,10 +29,12 @@ __all__ = [
     "bench_session",
     "create_cost_us",
     "fmt_rate",
+    "hold_the_only_cpu",
     "kill_leftover_jobs",
     "line",
     "median",
     "percentile",
+    "submit_concurrently",
     "wait_state",
 ]
 
@@ -196,6 +198,30 @@ async def wait_state(
             if job.terminal:
                 raise RuntimeError(f"job {job_id} ended as {job.state.value}: {job.reason}")
             await trio.sleep(0.01)
+
+
+async def hold_the_only_cpu(scheduler: fetchml.Scheduler) -> fetchml.Job:
+    """Start a long job that takes the scheduler's only cpu, so jobs submitted after it queue."""
+    blocker = await scheduler.submit(
+        {"command": ["sleep", "600"], "resources": {"cpus": 1}}, user=USER
+    )
+    return await wait_state(scheduler, blocker.id, fetchml.JobState.RUNNING)
+
+
+async def submit_concurrently(
+    scheduler: fetchml.Scheduler, spec: fetchml.JobSpec, jobs: int, submitters: int
+) -> float:
+    """Submit ``spec`` ``jobs`` times from ``submitters`` tasks; return the seconds it took."""
+
+    async def submitter(count: int) -> None:
+        for _ in range(count):
+            await scheduler.submit(spec, user=USER)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(submitters):
+            nursery.start_soon(submitter, jobs // submitters + (index < jobs % submitters))
+    return time.perf_counter() - start
 
 
 def median(values: Sequence[float]) -> float:

@@ -17,11 +17,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import trio
-from _common import USER, bench_dir, bench_session, fmt_rate, line, median, wait_state
+from _common import (
+    bench_dir,
+    bench_session,
+    fmt_rate,
+    hold_the_only_cpu,
+    line,
+    median,
+    submit_concurrently,
+)
 
 import fetchml
 
@@ -69,20 +76,8 @@ async def fill(data_dir: Path, jobs: int) -> float:
     """Queue ``jobs`` jobs behind a running blocker; return the submit rate (jobs/s)."""
     spec = fetchml.JobSpec(command=["/bin/true"], resources=fetchml.Resources(cpus=1))
     async with fetchml.open_scheduler(data_dir=str(data_dir), cpus=1, gpus=[]) as scheduler:
-        blocker = await scheduler.submit(
-            {"command": ["sleep", "600"], "resources": {"cpus": 1}}, user=USER
-        )
-        await wait_state(scheduler, blocker.id, fetchml.JobState.RUNNING)
-
-        async def submitter(count: int) -> None:
-            for _ in range(count):
-                await scheduler.submit(spec, user=USER)
-
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for index in range(SUBMITTERS):
-                nursery.start_soon(submitter, jobs // SUBMITTERS + (index < jobs % SUBMITTERS))
-        return jobs / (time.perf_counter() - start)
+        await hold_the_only_cpu(scheduler)
+        return jobs / await submit_concurrently(scheduler, spec, jobs, SUBMITTERS)
 
 
 def restart(data_dir: Path) -> dict[str, float]:

@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 
 import trio
-from _common import USER, bench_dir, bench_session, fmt_rate, line, median, wait_state
+from _common import (
+    USER,
+    bench_dir,
+    bench_session,
+    fmt_rate,
+    hold_the_only_cpu,
+    line,
+    median,
+    submit_concurrently,
+)
 
 import fetchml
 
@@ -59,21 +68,8 @@ async def submit_rate(jobs: int) -> float:
         async with fetchml.open_scheduler(
             data_dir=str(data_dir), cpus=1, gpus=[], kill_grace_s=1.0
         ) as scheduler:
-            blocker = await scheduler.submit(
-                {"command": ["sleep", "600"], "resources": {"cpus": 1}}, user=USER
-            )
-            await wait_state(scheduler, blocker.id, fetchml.JobState.RUNNING)
-
-            async def submitter(count: int) -> None:
-                for _ in range(count):
-                    await scheduler.submit(spec, user=USER)
-
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for index in range(SUBMITTERS):
-                    count = jobs // SUBMITTERS + (index < jobs % SUBMITTERS)
-                    nursery.start_soon(submitter, count)
-            elapsed = time.perf_counter() - start
+            blocker = await hold_the_only_cpu(scheduler)
+            elapsed = await submit_concurrently(scheduler, spec, jobs, SUBMITTERS)
 
             status = await scheduler.status()
             queued = status.counts.get("queued", 0)
