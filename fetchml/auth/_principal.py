@@ -24,13 +24,18 @@ class Principal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An authenticated user with the permissions their roles and extras resolve to.
 
     ``admin`` is true for users with ``admin: true`` or the built-in ``admin`` role; such a user
-    holds every permission.  The struct is msgpack-encodable so it can travel between actors.
+    holds every permission.  ``key_id`` names the API key that authenticated (one user may hold
+    several keys): its public key id, or ``h-`` and a fingerprint of its hash for a hand-written
+    key without one; ``expires_at`` is that key's expiry (Unix time) or ``None``.  The struct is
+    msgpack-encodable so it can travel between actors.
     """
 
     user: str
     roles: tuple[str, ...]
     permissions: frozenset[str]
     admin: bool
+    key_id: str = ""
+    expires_at: float | None = None
 
     def can(self, permission: str) -> bool:
         """Return whether the user holds ``permission``."""
