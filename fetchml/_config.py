@@ -22,8 +22,10 @@ __all__ = [
     "AuditSettings",
     "Config",
     "ExecutorSettings",
+    "LimitsSettings",
     "RaySettings",
     "SchedulerSettings",
+    "TlsSettings",
     "load_config",
     "make_config",
 ]
@@ -82,8 +84,32 @@ class StoreSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     synchronous: Literal["full", "normal"] = "full"
 
 
+class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """HTTPS and WSS on the server's one port (hypercorn terminates TLS; TLS 1.2 at least).
+
+    ``cert_file`` is the PEM certificate chain (leaf first), ``key_file`` its unencrypted PEM
+    private key; both are required when ``enabled`` and are read at start-up, relative to the
+    directory the server starts in.  ``fetchml certs new`` makes a self-signed pair.
+    """
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def _check_tls(tls: TlsSettings, *, source: str) -> None:
+    """Raise :class:`ConfigError` naming the file setting that ``enabled: true`` lacks."""
+    if not tls.enabled:
+        return
+    for name in ("cert_file", "key_file"):
+        if not getattr(tls, name):
+            raise ConfigError(
+                f"{source}: server.tls.{name}: required when server.tls.enabled is true"
+            )
+
+
 class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Where the gateway listens and how much it accepts."""
+    """Where the gateway listens, how much it accepts, and whether it speaks TLS."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9103
@@ -91,6 +117,7 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
     subscriber_buffer: Annotated[int, msgspec.Meta(ge=1)] = 1000
     cors_origins: list[str] = []  # browser origins allowed cross-origin; empty: CORS off
+    tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,6 +137,29 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     file: str | None = None
 
 
+class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Rate limits: per API key for authenticated traffic, per address for failed keys.
+
+    Each API key has a token bucket: ``burst`` requests at once, refilled at ``requests_per_s``
+    (every HTTP request and every WebSocket op but the first ``auth`` counts as one).  The
+    defaults are far above what people and their scripts do: an ``ml`` command makes a handful
+    of requests, a script that queues a few hundred jobs at once stays within the burst, and
+    50 per second sustained is 180,000 an hour, while a runaway loop is slowed to that.
+    ``auth_failures`` wrong keys from one address within ``auth_failure_window_s`` ban that
+    address for ``ban_s``: a person with a stale key gives up long before ten tries in a minute,
+    while a guessing script is held to about 1.7 guesses a minute (what it costs in bcrypt work
+    too).  A request with no key at all is not a guess and does not count.  Behind a reverse
+    proxy every client shares the proxy's address.  ``enabled: false`` turns all of it off.
+    """
+
+    enabled: bool = True
+    requests_per_s: Positive = 50.0
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 500
+    auth_failures: Annotated[int, msgspec.Meta(ge=1)] = 10
+    auth_failure_window_s: Positive = 60.0
+    ban_s: Positive = 300.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole server configuration (the shape of ``configs/server.yaml``).
 
@@ -124,6 +174,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     auth: dict[str, Any] | None = None
     auth_file: str = "configs/auth.yaml"
 
@@ -138,10 +189,12 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 def _convert(data: object, *, source: str) -> Config:
     try:
-        return msgspec.convert(data, Config, strict=True)
+        config = msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as exc:
         _, message = describe_validation_error(exc)
         raise ConfigError(f"{source}: {message}") from None
+    _check_tls(config.server.tls, source=source)
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

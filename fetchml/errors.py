@@ -20,6 +20,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStartError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "SchedulerClosedError",
     "StoreError",
     "SubscriberDroppedError",
@@ -102,6 +103,23 @@ class PermissionDeniedError(FetchMLError):
     def __init__(self, message: str, *, permission: str | None = None) -> None:
         super().__init__(message)
         self.permission = permission
+
+
+class RateLimitedError(FetchMLError):
+    """Raised when a request is refused for going too fast (``limits`` in the server config).
+
+    Raised for an API key that has used up its request budget (``limits.requests_per_s`` and
+    ``burst``), and for every request from an address that is temporarily banned after too many
+    failed API keys.  ``retry_after_s`` says how long to wait before the next attempt can pass
+    (HTTP sends it rounded up as ``Retry-After``; the wire error body as ``retry_after``).
+    """
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class SchedulerClosedError(FetchMLError):

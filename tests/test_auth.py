@@ -80,8 +80,8 @@ def config(config_data: dict[str, Any]) -> AuthConfig:
 def test_parse_happy_path(config: AuthConfig, alice_key: tuple[str, str]) -> None:
     assert config.enabled is True
     assert set(config.api_keys) == {"alice", "bob", "root", "dora"}
-    assert config.api_keys["alice"].key_id == alice_key[0]
-    assert config.api_keys["bob"].key_id is None
+    assert config.api_keys["alice"].keys[0].key_id == alice_key[0]
+    assert config.api_keys["bob"].keys[0].key_id is None
     assert config.api_keys["alice"].roles == ("researcher",)
     assert config.roles == {"ops": (STATUS_READ, JOBS_UPDATE_ALL)}
 
@@ -241,7 +241,7 @@ async def test_authenticate_our_key_checks_one_hash(
     actor = CountingActor(config)
     with trio.fail_after(10):
         principal = await actor.authenticate(alice_key[1])
-    assert principal == config.principal_for("alice")
+    assert principal == config.principal_for("alice", config.api_keys["alice"].keys[0])
     assert actor.checks == 1  # found by key id, though three hashes have no key id
 
 
@@ -328,7 +328,9 @@ async def test_concurrent_first_requests_share_one_bcrypt(
             for _ in range(25):
                 nursery.start_soon(one)
     assert len(results) == 25
-    assert all(r == config.principal_for("alice") for r in results)
+    assert all(
+        r == config.principal_for("alice", config.api_keys["alice"].keys[0]) for r in results
+    )
     assert actor.checks == 1
     assert actor.verifications == 1
 
@@ -408,7 +410,7 @@ async def test_waiter_takes_over_when_the_verifier_is_cancelled(
             finally:
                 actor.gate.set()
     assert leader_scope.cancelled_caught
-    assert got == [config.principal_for("alice")]
+    assert got == [config.principal_for("alice", config.api_keys["alice"].keys[0])]
     assert actor.verifications == 2  # the wrong key's, then the follower's own
     assert actor.checks == 3 + 1
 

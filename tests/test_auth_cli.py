@@ -17,6 +17,7 @@ import trio
 from fetchml.auth import (
     AuthActor,
     AuthConfig,
+    KeyEntry,
     UserEntry,
     ensure_auth_file,
     load_auth_file,
@@ -85,8 +86,8 @@ async def test_ensure_auth_file_creates_admin_once(tmp_path: Path) -> None:
     entry = config.api_keys["admin"]
     assert entry.admin is True
     assert entry.roles == ("admin",)
-    assert entry.key_id is not None
-    assert key.startswith(f"fml_{entry.key_id}_")
+    assert entry.keys[0].key_id is not None
+    assert key.startswith(f"fml_{entry.keys[0].key_id}_")
     assert await authenticate(path, key) == "admin"
     before = path.read_bytes()
     assert ensure_auth_file(path, rounds=4) is None
@@ -132,7 +133,7 @@ def test_write_auth_file_reports_unwritable_directory(tmp_path: Path) -> None:
 
 def test_with_user_validates(tmp_path: Path) -> None:
     hashed = bcrypt.hashpw(b"k", bcrypt.gensalt(4)).decode()
-    entry = UserEntry(hash=hashed, roles=("nosuch",))
+    entry = UserEntry(keys=(KeyEntry(hash=hashed),), roles=("nosuch",))
     with pytest.raises(ConfigError, match=r"auth\.api_keys\.eve\.roles\[0\]: unknown role"):
         with_user(AuthConfig(), "eve", entry, source="x")
 
@@ -165,13 +166,25 @@ async def test_keys_new_creates_then_preserves_and_replaces(
     assert await authenticate(path, alice_key) == "alice"
     assert await authenticate(path, root_key) == "root"
 
+    # A second key for alice (rotation): both work until the old one is revoked.
     assert run_keys("new", "--user", "alice", "--role", "analyst", *file_arg) == 0
     out, err = capsys.readouterr()
-    assert "replaces the old key" in err
+    assert "added; 1 other key(s) still valid" in err
+    second_key = out.strip()
+    assert load_auth_file(path).api_keys["alice"].roles == ("analyst",)
+    assert len(load_auth_file(path).api_keys["alice"].keys) == 2
+    assert await authenticate(path, second_key) == "alice"
+    assert await authenticate(path, alice_key) == "alice"
+
+    # --replace revokes the user's other keys; roles stay when none are given.
+    assert run_keys("new", "--user", "alice", "--replace", *file_arg) == 0
+    out, err = capsys.readouterr()
+    assert "replaces 2 old key(s)" in err
     assert load_auth_file(path).api_keys["alice"].roles == ("analyst",)
     assert await authenticate(path, out.strip()) == "alice"
-    with pytest.raises(AuthError):
-        await authenticate(path, alice_key)
+    for old in (alice_key, second_key):
+        with pytest.raises(AuthError):
+            await authenticate(path, old)
     assert await authenticate(path, root_key) == "root"
 
 

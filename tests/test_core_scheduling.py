@@ -167,6 +167,18 @@ async def test_environment_output_dir_and_cwd(data_dir: Path, tmp_path: Path) ->
     assert gone.exit_code == 126
 
 
+async def test_a_relative_data_dir_works_from_any_job_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `make serve` runs with the default data_dir "data", relative to the server's directory,
+    # while the job's supervisor runs in the job's own cwd (its output dir by default).
+    monkeypatch.chdir(tmp_path)
+    with trio.fail_after(10):
+        async with open_sched(Path("data")) as scheduler:
+            job = await scheduler.submit({"command": ["true"]}, user="alice")
+            assert (await scheduler.wait(job.id)).state is JobState.SUCCEEDED
+
+
 @pytest.mark.parametrize(
     ("command", "state", "code"),
     [

@@ -20,6 +20,7 @@ import pytest
 import trio
 from helpers.core import kill_everything_under
 from helpers.gateway import (
+    HIGH_LIMITS,
     HttpSession,
     ServerThread,
     Users,
@@ -93,7 +94,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp: Path = tmp_path_factory.mktemp("roles")
     users = Users()
     try:
-        with ServerThread(make_server_config(tmp, users)) as server:
+        # Many tests here send wrong keys on purpose: that must not ban 127.0.0.1.
+        config = make_server_config(tmp, users, limits=HIGH_LIMITS)
+        with ServerThread(config) as server:
             yield trio.run(_seed, server.base, users)
     finally:
         kill_everything_under(tmp)

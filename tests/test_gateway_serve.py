@@ -17,6 +17,7 @@ import pytest
 import trio
 from helpers.core import alive, supervisor_pid
 from helpers.gateway import (
+    HIGH_LIMITS_YAML,
     SERVE_PROGRAM,
     HttpSession,
     Response,
@@ -80,7 +81,8 @@ async def test_signal_closes_websockets_1001_and_jobs_outlive_the_server(
     users = Users()
     # SIGTERM's run logs at debug level: not even then may a key reach the log.
     extra = "logging:\n  level: debug\n" if signum == signal.SIGTERM else ""
-    config = write_config(tmp_path, data_dir, users, extra)
+    # _bad_auth_burst sends 200 wrong keys: that must not ban 127.0.0.1.
+    config = write_config(tmp_path, data_dir, users, extra + HIGH_LIMITS_YAML)
     port = free_port()
     async with server_process(["--config", str(config)], cwd=tmp_path, port=port) as server:
         await _use_every_key(server.base, users)
@@ -155,7 +157,7 @@ async def test_acknowledged_submits_survive_sigkill(tmp_path: Path, data_dir: Pa
     """A storm of pipelined WebSocket submits on several connections, SIGKILL, restart: every
     acknowledged job is there."""
     users = Users()
-    config = write_config(tmp_path, data_dir, users)
+    config = write_config(tmp_path, data_dir, users, HIGH_LIMITS_YAML)  # a storm, on purpose
     port = free_port()
     acked: list[int] = []
     enough = trio.Event()

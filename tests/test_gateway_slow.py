@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import trio
 from helpers.gateway import (
+    HIGH_LIMITS,
     RawWs,
     ServerThread,
     Users,
@@ -31,7 +32,8 @@ async def test_slow_subscriber_is_closed_and_others_keep_going(
     tmp_path: Path, data_dir: Path
 ) -> None:
     users = Users()
-    config = make_server_config(tmp_path, users, subscriber_buffer=BUFFER)
+    # 1000 submits at once, on purpose: over the default rate limit.
+    config = make_server_config(tmp_path, users, subscriber_buffer=BUFFER, limits=HIGH_LIMITS)
     assert config.data_path == data_dir  # so the fixture cleans up after the jobs
     async with serve(config) as base:
         # A client that subscribes to everything, with a tiny receive buffer, and never reads.

@@ -35,7 +35,9 @@ def with_whitelist(tmp_path: Path, users: Users, cidrs: list[str], **settings: A
 
 
 def audit_lines(config: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in config.audit_path.read_bytes().splitlines()]
+    """The audit entries of requests (each server start's own entry left out)."""
+    entries = [json.loads(line) for line in config.audit_path.read_bytes().splitlines()]
+    return [e for e in entries if e["action"] != "server.start"]
 
 
 # ---- headers and CORS -----------------------------------------------------------------------
@@ -187,18 +189,20 @@ async def test_audit_log_records_actions_and_refusals(tmp_path: Path) -> None:
         ("auth", None, "refused", "unauthorized", None),
     ]
     assert all(e["source"] == "127.0.0.1" and e["ts"] for e in entries)
-    assert entries[0]["prev"] == GENESIS
+    first = json.loads(config.audit_path.read_bytes().splitlines()[0])
+    assert (first["action"], first["source"], first["prev"]) == ("server.start", "server", GENESIS)
+    assert first["detail"]["users"] == 4
     with config.audit_path.open("rb") as f:
         result = verify_chain(f)
     assert result.ok
-    assert result.count == 7
+    assert result.count == 8
     # a restart continues the chain
     async with serve(config) as base:
         await http(base, "GET", "/api/v1/whoami", key="bad")
     with config.audit_path.open("rb") as f:
         result = verify_chain(f)
     assert result.ok
-    assert result.count == 8
+    assert result.count == 10  # the second start's entry and its refusal
 
 
 async def test_audit_can_be_disabled_or_moved(tmp_path: Path) -> None:
@@ -208,7 +212,7 @@ async def test_audit_can_be_disabled_or_moved(tmp_path: Path) -> None:
     async with serve(config) as base:
         await http(base, "GET", "/api/v1/whoami", key="bad")
     assert config.audit_path == moved
-    assert len(moved.read_bytes().splitlines()) == 1
+    assert len(moved.read_bytes().splitlines()) == 2  # the start, then the refusal
     off = make_server_config(tmp_path / "off", users, audit={"enabled": False})
     async with serve(off) as base:
         await http(base, "GET", "/api/v1/whoami", key="bad")

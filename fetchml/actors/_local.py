@@ -133,7 +133,9 @@ class LocalBackend(Backend[LocalRun]):
     """Runs jobs as local process groups under ``data_dir/jobs``."""
 
     def __init__(self, data_dir: Path) -> None:
-        self._data_dir = data_dir
+        # Absolute: a job's supervisor runs in the job's own working directory and writes its
+        # pid and exit files under this path, so a relative one would point somewhere else.
+        self._data_dir = data_dir.absolute()
         self._base_env = dict(os.environ)
 
     def _environment(self, job: Job, output: Path) -> dict[str, str]:

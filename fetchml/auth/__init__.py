@@ -5,9 +5,18 @@ stored; :class:`AuthActor` verifies a key once (off the event loop) and caches t
 A verified key resolves to a :class:`Principal`, which answers permission questions.
 """
 
-from ._actor import BCRYPT_THREADS, INVALID_KEY, MISSING_KEY, AuthActor
-from ._config import NAME_RULE, AuthConfig, UserEntry, is_valid_name, parse_auth_config, with_user
-from ._file import ensure_auth_file, load_auth_file, write_auth_file
+from ._actor import BCRYPT_THREADS, EXPIRED_KEY, INVALID_KEY, MISSING_KEY, REVOKED_KEY, AuthActor
+from ._config import (
+    NAME_RULE,
+    AuthConfig,
+    KeyEntry,
+    UserEntry,
+    derived_key_id,
+    is_valid_name,
+    parse_auth_config,
+    with_user,
+)
+from ._file import ensure_auth_file, load_auth_file, parse_auth_text, write_auth_file
 from ._keys import (
     DEFAULT_ROUNDS,
     KEY_PREFIX,
@@ -32,6 +41,7 @@ from ._permissions import (
     STATUS_READ,
 )
 from ._principal import ANONYMOUS, Principal
+from ._reload import POLL_INTERVAL_S, AuthChange, AuthFile, ReloadReport, diff_configs
 
 __all__ = [
     "ALL_PERMISSIONS",
@@ -39,6 +49,7 @@ __all__ = [
     "BCRYPT_THREADS",
     "BUILTIN_ROLES",
     "DEFAULT_ROUNDS",
+    "EXPIRED_KEY",
     "INVALID_KEY",
     "JOBS_CREATE",
     "JOBS_READ",
@@ -51,14 +62,22 @@ __all__ = [
     "MIN_ROUNDS",
     "MISSING_KEY",
     "NAME_RULE",
+    "POLL_INTERVAL_S",
+    "REVOKED_KEY",
     "ROLE_ADMIN",
     "ROLE_ANALYST",
     "ROLE_RESEARCHER",
     "STATUS_READ",
     "AuthActor",
+    "AuthChange",
     "AuthConfig",
+    "AuthFile",
+    "KeyEntry",
     "Principal",
+    "ReloadReport",
     "UserEntry",
+    "derived_key_id",
+    "diff_configs",
     "ensure_auth_file",
     "generate_key",
     "hash_key",
@@ -66,6 +85,7 @@ __all__ = [
     "key_id_of",
     "load_auth_file",
     "parse_auth_config",
+    "parse_auth_text",
     "with_user",
     "write_auth_file",
 ]

@@ -9,8 +9,11 @@ source and the field path, e.g. ``auth.yaml: auth.api_keys.alice.roles[0]: unkno
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import ipaddress
 import re
+from collections.abc import Iterator
 from typing import Any, Final, NoReturn, TypeVar
 
 import msgspec
@@ -21,7 +24,15 @@ from ._keys import bcrypt_hash_problem, is_key_id
 from ._permissions import ALL_PERMISSIONS, BUILTIN_ROLES, ROLE_ADMIN
 from ._principal import Principal
 
-__all__ = ["NAME_RULE", "AuthConfig", "UserEntry", "is_valid_name", "parse_auth_config"]
+__all__ = [
+    "NAME_RULE",
+    "AuthConfig",
+    "KeyEntry",
+    "UserEntry",
+    "derived_key_id",
+    "is_valid_name",
+    "parse_auth_config",
+]
 
 T = TypeVar("T")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,11 +47,40 @@ _FIELD_RE: Final = re.compile(
 )
 
 
-class UserEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One user's entry under ``auth.api_keys``.  Treat ``permissions`` as read-only."""
+class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One API key of a user: its bcrypt hash, its public key id, and when it was made and expires.
+
+    ``key_id`` is ``None`` for a hand-written key that is not of our format; :attr:`ref` then
+    derives an id from the hash, so that every key can be listed and revoked by an id.
+    """
 
     hash: str
     key_id: str | None = None
+    created: datetime.datetime | None = None
+    expires: datetime.datetime | None = None
+
+    @property
+    def ref(self) -> str:
+        """The key's id: its own key id, else ``h-`` and 10 hex digits of its hash's SHA-256."""
+        return self.key_id if self.key_id is not None else derived_key_id(self.hash)
+
+    @property
+    def expires_at(self) -> float | None:
+        """The expiry as Unix time, or ``None`` for a key that never expires."""
+        return None if self.expires is None else self.expires.timestamp()
+
+    def expired(self, now: float) -> bool:
+        """Return whether the key has expired at Unix time ``now``."""
+        return self.expires is not None and now >= self.expires.timestamp()
+
+
+class UserEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One user's entry under ``auth.api_keys``: keys, roles, extras.  Treat it as read-only.
+
+    A user may hold several keys (rotation) or none (every key revoked; the user keeps its roles).
+    """
+
+    keys: tuple[KeyEntry, ...] = ()
     admin: bool = False
     roles: tuple[str, ...] = ()
     permissions: dict[str, bool] = {}
@@ -62,9 +102,10 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Return whether ``role`` is built in or defined under ``roles``."""
         return role in BUILTIN_ROLES or role in self.roles
 
-    def principal_for(self, user: str) -> Principal:
+    def principal_for(self, user: str, key: KeyEntry | None = None) -> Principal:
         """Resolve ``user``'s roles and extra permissions into a :class:`Principal`.
 
+        ``key`` is the key that authenticated (it names the principal's key id and expiry).
         An admin (``admin: true`` or the ``admin`` role) holds every permission.  Otherwise the
         permissions are the union of the roles', plus extras set ``true``, minus extras set
         ``false``.  Raises ``KeyError`` for an unknown user and ``ConfigError`` for an unknown role
@@ -72,8 +113,16 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """
         entry = self.api_keys[user]
         admin = entry.admin or ROLE_ADMIN in entry.roles
+        key_id, expires_at = ("", None) if key is None else (key.ref, key.expires_at)
         if admin:
-            return Principal(user=user, roles=entry.roles, permissions=ALL_PERMISSIONS, admin=True)
+            return Principal(
+                user=user,
+                roles=entry.roles,
+                permissions=ALL_PERMISSIONS,
+                admin=True,
+                key_id=key_id,
+                expires_at=expires_at,
+            )
         granted: set[str] = set()
         for role in entry.roles:
             if role in BUILTIN_ROLES:
@@ -87,7 +136,27 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 granted.add(permission)
             else:
                 granted.discard(permission)
-        return Principal(user=user, roles=entry.roles, permissions=frozenset(granted), admin=False)
+        return Principal(
+            user=user,
+            roles=entry.roles,
+            permissions=frozenset(granted),
+            admin=False,
+            key_id=key_id,
+            expires_at=expires_at,
+        )
+
+    def all_keys(self) -> Iterator[tuple[str, KeyEntry]]:
+        """Every ``(user, key)`` pair, users in file order."""
+        for user, entry in self.api_keys.items():
+            for key in entry.keys:
+                yield user, key
+
+
+class _RawKey(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    hash: str
+    key_id: str | None = None
+    created: Any = None
+    expires: Any = None
 
 
 class _RawSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,8 +167,10 @@ class _RawSection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class _RawUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    hash: str
+    hash: str | None = None
     key_id: str | None = None
+    expires: Any = None
+    keys: list[Any] | None = None
     admin: bool = False
     roles: tuple[str, ...] = ()
     permissions: dict[str, Any] = {}
@@ -133,13 +204,17 @@ def parse_auth_config(data: object, *, source: str) -> AuthConfig:
     return AuthConfig(enabled=section.enabled, api_keys=users, roles=roles, ip_whitelist=whitelist)
 
 
-def with_user(config: AuthConfig, user: str, entry: UserEntry, *, source: str) -> AuthConfig:
+def with_user(config: AuthConfig, user: str, entry: UserEntry | None, *, source: str) -> AuthConfig:
     """Return a checked copy of ``config`` where ``user``'s entry is ``entry`` (new or replaced).
 
-    Raises ``ConfigError`` as :func:`parse_auth_config` does when the result would not be valid.
+    ``entry=None`` removes the user.  Raises ``ConfigError`` as :func:`parse_auth_config` does
+    when the result would not be valid.
     """
     section = to_builtins(config)
-    section["api_keys"][user] = entry_to_builtins(entry)
+    if entry is None:
+        section["api_keys"].pop(user, None)
+    else:
+        section["api_keys"][user] = entry_to_builtins(entry)
     return parse_auth_config(section, source=source)
 
 
@@ -154,15 +229,40 @@ def to_builtins(config: AuthConfig) -> dict[str, Any]:
 
 
 def entry_to_builtins(entry: UserEntry) -> dict[str, Any]:
-    """Return one user entry as a plain dict, leaving out an absent key id and empty extras."""
-    out: dict[str, Any] = {"hash": entry.hash}
-    if entry.key_id is not None:
-        out["key_id"] = entry.key_id
+    """Return one user entry as a plain dict, in the shape a person would write.
+
+    One hand-written key (no ``created`` time) keeps the short form (``hash``, ``key_id``,
+    ``expires`` on the user); otherwise the keys are a ``keys:`` list.  Absent values are left out.
+    """
+    out: dict[str, Any] = {}
+    if len(entry.keys) == 1 and entry.keys[0].created is None:
+        out.update(_key_to_builtins(entry.keys[0]))
+    else:
+        out["keys"] = [_key_to_builtins(key) for key in entry.keys]
     out["admin"] = entry.admin
     out["roles"] = list(entry.roles)
     if entry.permissions:
         out["permissions"] = dict(entry.permissions)
     return out
+
+
+def _key_to_builtins(key: KeyEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"hash": key.hash}
+    if key.key_id is not None:
+        out["key_id"] = key.key_id
+    for name in ("created", "expires"):
+        value: datetime.datetime | None = getattr(key, name)
+        if value is not None:
+            out[name] = value.astimezone(datetime.UTC).isoformat(timespec="seconds")
+    return out
+
+
+def derived_key_id(hashed: str) -> str:
+    """The id of a key that has none of its own: ``h-`` and 10 hex digits of SHA-256(hash).
+
+    bcrypt hashes carry a random salt, so two keys never share it; it reveals nothing usable.
+    """
+    return "h-" + hashlib.sha256(hashed.encode()).hexdigest()[:10]
 
 
 def _parse_whitelist(entries: tuple[str, ...], *, source: str) -> tuple[str, ...]:
@@ -190,11 +290,7 @@ def _parse_role(name: str, perms: object, *, source: str) -> tuple[str, ...]:
 
 def _parse_user(config: AuthConfig, path: str, data: object, *, source: str) -> UserEntry:
     raw = convert_checked(data, _RawUser, source=source, path=path)
-    hash_problem = bcrypt_hash_problem(raw.hash)
-    if hash_problem is not None:
-        _fail(source, f"{path}.hash", hash_problem)
-    if raw.key_id is not None and not is_key_id(raw.key_id):
-        _fail(source, f"{path}.key_id", "a key id is 12 characters of a-z and 2-7")
+    keys = _parse_user_keys(raw, path, source=source)
     for index, role in enumerate(raw.roles):
         if not config.has_role(role):
             _fail(source, f"{path}.roles[{index}]", f"unknown role {role!r}")
@@ -208,9 +304,57 @@ def _parse_user(config: AuthConfig, path: str, data: object, *, source: str) -> 
         if admin and not on:
             _fail(source, where, "an admin holds every permission; none can be removed")
         permissions[permission] = on
-    return UserEntry(
-        hash=raw.hash, key_id=raw.key_id, admin=raw.admin, roles=raw.roles, permissions=permissions
+    return UserEntry(keys=keys, admin=raw.admin, roles=raw.roles, permissions=permissions)
+
+
+def _parse_user_keys(raw: _RawUser, path: str, *, source: str) -> tuple[KeyEntry, ...]:
+    """A user's keys: the short form (``hash`` on the user) or the ``keys:`` list, not both."""
+    if raw.keys is not None:
+        for name in ("hash", "key_id", "expires"):
+            if getattr(raw, name) is not None:
+                _fail(source, f"{path}.{name}", "give either 'keys' (a list) or 'hash', not both")
+        return tuple(
+            _parse_key(item, f"{path}.keys[{index}]", source=source)
+            for index, item in enumerate(raw.keys)
+        )
+    if raw.hash is None:
+        _fail(source, f"{path}.hash", "missing field (or 'keys', a list of keys)")
+    short = {"hash": raw.hash, "key_id": raw.key_id, "expires": raw.expires}
+    return (_parse_key(short, path, source=source),)
+
+
+def _parse_key(data: object, path: str, *, source: str) -> KeyEntry:
+    raw = convert_checked(data, _RawKey, source=source, path=path)
+    hash_problem = bcrypt_hash_problem(raw.hash)
+    if hash_problem is not None:
+        _fail(source, f"{path}.hash", hash_problem)
+    if raw.key_id is not None and not is_key_id(raw.key_id):
+        _fail(source, f"{path}.key_id", "a key id is 12 characters of a-z and 2-7")
+    return KeyEntry(
+        hash=raw.hash,
+        key_id=raw.key_id,
+        created=_parse_time(raw.created, f"{path}.created", source=source),
+        expires=_parse_time(raw.expires, f"{path}.expires", source=source),
     )
+
+
+def _parse_time(value: object, path: str, *, source: str) -> datetime.datetime | None:
+    """A time from YAML: a timestamp, a date (its midnight, UTC) or an ISO 8601 string.
+
+    A time without a zone is taken as UTC, so a file means the same on every server.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time(), datetime.UTC)
+    elif isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip())
+        except ValueError:
+            _fail(source, path, f"{value!r} is not a date or an ISO 8601 time")
+    if not isinstance(value, datetime.datetime):
+        _fail(source, path, "expected a date or an ISO 8601 time")
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
 def _checked_names(mapping: dict[str, Any], *, source: str, path: str) -> list[tuple[str, Any]]:
@@ -223,15 +367,14 @@ def _checked_names(mapping: dict[str, Any], *, source: str, path: str) -> list[t
 def _check_unique_key_ids(users: dict[str, UserEntry], *, source: str) -> None:
     owners: dict[str, str] = {}
     for user, entry in users.items():
-        if entry.key_id is None:
-            continue
-        if entry.key_id in owners:
-            _fail(
-                source,
-                f"auth.api_keys.{user}.key_id",
-                f"key id already used by user {owners[entry.key_id]!r}",
-            )
-        owners[entry.key_id] = user
+        for index, key in enumerate(entry.keys):
+            if key.ref in owners:
+                where = f"auth.api_keys.{user}" + (f".keys[{index}]" if len(entry.keys) > 1 else "")
+                field, what = ("key_id", "key id") if key.key_id is not None else ("hash", "hash")
+                _fail(
+                    source, f"{where}.{field}", f"{what} already used by user {owners[key.ref]!r}"
+                )
+            owners[key.ref] = user
 
 
 def convert_checked(data: object, type_: type[T], *, source: str, path: str) -> T:

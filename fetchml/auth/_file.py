@@ -7,6 +7,7 @@ always mode 0600: it holds only hashes, but a leaked hash is still an offline br
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import tempfile
 from pathlib import Path
@@ -17,16 +18,24 @@ import yaml
 
 from fetchml.errors import ConfigError
 
-from ._config import AuthConfig, UserEntry, convert_checked, parse_auth_config, to_builtins
+from ._config import (
+    AuthConfig,
+    KeyEntry,
+    UserEntry,
+    convert_checked,
+    parse_auth_config,
+    to_builtins,
+)
 from ._keys import DEFAULT_ROUNDS, generate_key, hash_key
 from ._permissions import ROLE_ADMIN
 
-__all__ = ["ensure_auth_file", "load_auth_file", "write_auth_file"]
+__all__ = ["ensure_auth_file", "load_auth_file", "parse_auth_text", "write_auth_file"]
 
 FILE_MODE: Final = 0o600
 _HEADER: Final = (
     "# Fetch ML auth config. Only bcrypt hashes of API keys are stored here.\n"
-    "# Add or replace a user's key with: fetchml keys new --user NAME --role ROLE\n"
+    "# Add a key: fetchml keys new --user NAME [--role ROLE]; see them: fetchml keys list;\n"
+    "# revoke one: fetchml keys revoke KEY_ID.  A running server reloads this file on change.\n"
 )
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
@@ -69,6 +78,14 @@ def load_auth_file(path: str | os.PathLike[str]) -> AuthConfig:
         raise ConfigError(f"{source}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {_reason(exc)}") from None
+    return parse_auth_text(text, source=source)
+
+
+def parse_auth_text(text: str, *, source: str) -> AuthConfig:
+    """Parse and validate the text of an auth file; ``source`` starts every error message.
+
+    Waits on nothing.  Raises ``ConfigError`` as :func:`load_auth_file` does.
+    """
     try:
         # _StrictLoader is a SafeLoader: no arbitrary Python objects are constructed.
         data = yaml.load(text, Loader=_StrictLoader)
@@ -107,7 +124,9 @@ def ensure_auth_file(path: str | os.PathLike[str], *, rounds: int = DEFAULT_ROUN
     if target.exists():
         return None
     key_id, key = generate_key()
-    entry = UserEntry(hash=hash_key(key, rounds), key_id=key_id, admin=True, roles=(ROLE_ADMIN,))
+    created = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    first = KeyEntry(hash=hash_key(key, rounds), key_id=key_id, created=created)
+    entry = UserEntry(keys=(first,), admin=True, roles=(ROLE_ADMIN,))
     config = AuthConfig(enabled=True, api_keys={ROLE_ADMIN: entry})
     return key if _write_private(target, _render(config), replace=False) else None
 

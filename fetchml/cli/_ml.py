@@ -9,6 +9,7 @@ they are imported only when run, so ``ml --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -24,6 +25,7 @@ from fetchml.errors import (
     InvalidRequestError,
     JobNotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
 )
 
 from ._ml_args import build_parser
@@ -123,7 +125,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     from fetchml.client import load_settings
 
     key = read_key_file(args.key_file) if args.key_file else None
-    settings = load_settings(url=args.url, key=key, config_path=args.config)
+    settings = load_settings(url=args.url, key=key, ca_file=args.ca_file, config_path=args.config)
     args.settings = settings
     return settings
 
@@ -149,7 +151,12 @@ async def _connected(
 ) -> int:
     from fetchml.client import connect
 
-    async with connect(settings.url, settings.key, config_path=str(settings.config_path)) as c:
+    async with connect(
+        settings.url,
+        settings.key,
+        ca_file=settings.ca_file,
+        config_path=str(settings.config_path),
+    ) as c:
         return await handler(c, args, out)
 
 
@@ -181,7 +188,10 @@ def _fail(exc: BaseException, args: argparse.Namespace) -> int:
 
 
 def _explain(exc: FetchMLError, args: argparse.Namespace) -> str:
-    """The error message, with where the key came from when the server refused it."""
+    """The error message, with where the key came from when the server refused it (or, for a
+    rate limit, how long to wait)."""
+    if isinstance(exc, RateLimitedError):
+        return f"rate limited: retry in {max(1, math.ceil(exc.retry_after_s))} s ({exc.message})"
     settings: Any = getattr(args, "settings", None)
     if isinstance(exc, AuthError) and settings is not None and settings.key is not None:
         source = {

@@ -22,6 +22,8 @@ EPILOG: Final = """\
 settings (first found wins):
   server URL   --url, then FETCHML_URL, then the config file, then http://127.0.0.1:9103
   API key      --key-file, then FETCHML_API_KEY, then the config file
+  CA file      --ca-file, then FETCHML_CA_FILE, then the config file (ca_file), else the
+               system's CAs; https servers' certificates are always verified
   config file  --config, else $XDG_CONFIG_HOME/fetchml/config.yaml
                (~/.config/fetchml/config.yaml); `ml config init` writes it (mode 0600)
 
@@ -151,6 +153,13 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         default=default,
         metavar="FILE",
         help="read the API key from FILE ('-' for stdin); keys never go on the command line",
+    )
+    group.add_argument(
+        "--ca-file",
+        default=default,
+        metavar="FILE",
+        help="trust the CA certificates in this PEM file for an https server, e.g. the "
+        "cert.pem of `fetchml certs new` (else $FETCHML_CA_FILE, the config file, the system's)",
     )
     group.add_argument(
         "--config", default=default, metavar="FILE", help="client config file to read"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fetchml.client import (
     DEFAULT_URL,
+    ENV_CA_FILE,
     ENV_URL,
     Identity,
     default_config_path,
@@ -19,6 +20,7 @@ from fetchml.client import (
     write_config,
 )
 from fetchml.client._settings import normalize_url
+from fetchml.client._tls import client_ssl_context
 
 from ._ml import UsageError, read_key_file
 from ._ml_output import Output, print_pairs
@@ -31,25 +33,43 @@ def _path(args: argparse.Namespace) -> Path:
 
 
 def config_init(args: argparse.Namespace, out: Output) -> int:
-    """Ask for (or read) the URL and key, try them against the server, write the file."""
+    """Ask for (or read) the URL and key, try them against the server, write the file.
+
+    The CA file (``--ca-file``, else ``FETCHML_CA_FILE``) is checked and stored as an absolute
+    path.  Raises :class:`UsageError`, :class:`ConfigError` for a bad CA file, and the
+    connection's errors unless ``--no-check``.
+    """
     path = _path(args)
     if path.exists() and not args.force:
         raise UsageError(f"{path} exists; use --force to replace it")
     url = normalize_url(_ask_url(args))
+    ca_file = _ca_file(args)
     key = _ask_key(args)
     user = None
     if not args.no_check:
         import trio
 
-        identity: Identity = trio.run(_check, url, key)
+        identity: Identity = trio.run(_check, url, key, ca_file)
         user = identity.user
-    write_config(path, url=url, key=key)
+    write_config(path, url=url, key=key, ca_file=ca_file)
     if out.json:
-        out.emit({"config_path": str(path), "url": url, "user": user})
+        out.emit({"config_path": str(path), "url": url, "user": user, "ca_file": ca_file})
     else:
         who = f" as {user}" if user else ""
-        out.line(f"wrote {path} (mode 0600): {url}{who}")
+        trust = f", trusting {ca_file}" if ca_file else ""
+        out.line(f"wrote {path} (mode 0600): {url}{who}{trust}")
     return 0
+
+
+def _ca_file(args: argparse.Namespace) -> str | None:
+    """The CA file to store, absolute (a relative path in the file would be read relative to
+    the config file's directory); loaded once to check it.  Raises ConfigError."""
+    given = args.ca_file or os.environ.get(ENV_CA_FILE)
+    if not given:
+        return None
+    ca_file = os.path.abspath(os.path.expanduser(given))
+    client_ssl_context(ca_file)
+    return ca_file
 
 
 def _ask_url(args: argparse.Namespace) -> str:
@@ -75,17 +95,17 @@ def _ask_key(args: argparse.Namespace) -> str:
     return key
 
 
-async def _check(url: str, key: str) -> Identity:
+async def _check(url: str, key: str, ca_file: str | None) -> Identity:
     from fetchml.client import connect
 
-    async with connect(url, key) as client:
+    async with connect(url, key, ca_file=ca_file) as client:
         return await client.whoami()
 
 
 def config_show(args: argparse.Namespace, out: Output) -> int:
     """The settings in effect and where each comes from; the key is always masked."""
     key = read_key_file(args.key_file) if args.key_file else None
-    settings = load_settings(url=args.url, key=key, config_path=_path(args))
+    settings = load_settings(url=args.url, key=key, ca_file=args.ca_file, config_path=_path(args))
     path = settings.config_path
     exists = path.exists()
     mode = stat.S_IMODE(path.stat().st_mode) if exists else None
@@ -99,6 +119,8 @@ def config_show(args: argparse.Namespace, out: Output) -> int:
                 "url_source": settings.url_source,
                 "key": mask_key(settings.key),
                 "key_source": settings.key_source,
+                "ca_file": settings.ca_file,
+                "ca_file_source": settings.ca_file_source,
             }
         )
         return 0
@@ -109,8 +131,16 @@ def config_show(args: argparse.Namespace, out: Output) -> int:
             ("config file", f"{path} ({where})"),
             ("url", f"{settings.url} (from {settings.url_source})"),
             ("api key", f"{mask_key(settings.key)} (from {settings.key_source})"),
+            ("ca file", _describe_ca_file(settings.ca_file, settings.ca_file_source)),
         ],
     )
     if mode is not None and mode & 0o077:
         out.note(f"warning: {path} is readable by others; run: chmod 600 {path}")
     return 0
+
+
+def _describe_ca_file(ca_file: str | None, source: str) -> str:
+    if ca_file is None:
+        return "none (https servers are checked against the system's CAs)"
+    missing = "" if os.path.isfile(ca_file) else ", NOT FOUND"
+    return f"{ca_file} (from {source}{missing})"

@@ -1,4 +1,5 @@
-"""``fetchml``: run the server (``serve``), manage API keys (``keys``), check a config."""
+"""``fetchml``: run the server (``serve``), manage API keys (``keys``), check a config, make a
+self-signed TLS certificate (``certs``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FetchMLError
-from . import _audit, _keys
+from . import _audit, _certs, _keys
 
 __all__ = ["main"]
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_check)
     _keys.register(commands)
     _audit.register(commands)
+    _certs.register(commands)
     return parser
 
 
@@ -79,8 +81,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from ..gateway import load_auth
+    from ..gateway._tls import server_ssl_context
 
     config = _load(args)
+    tls = config.server.tls
+    if tls.enabled:
+        server_ssl_context(tls)
     auth = (
         load_auth(config, announce=False)
         if config.auth is not None or Path(config.auth_file).exists()
@@ -91,9 +97,8 @@ def _check(args: argparse.Namespace) -> int:
         if auth is None
         else (f"{len(auth.api_keys)} user(s), auth {'enabled' if auth.enabled else 'DISABLED'}")
     )
-    print(
-        f"config OK: {config.server.host}:{config.server.port}, data in {config.data_dir}, {users}"
-    )
+    where = f"{config.server.host}:{config.server.port}{' (TLS)' if tls.enabled else ''}"
+    print(f"config OK: {where}, data in {config.data_dir}, {users}")
     return 0
 
 

@@ -18,8 +18,9 @@
 
     trio.run(main)
 
-``connect()`` without arguments reads ``FETCHML_URL`` / ``FETCHML_API_KEY``, then the config file
-written by ``ml config init``.  It speaks the WebSocket protocol (msgpack frames) of the server.
+``connect()`` without arguments reads ``FETCHML_URL`` / ``FETCHML_API_KEY`` (and
+``FETCHML_CA_FILE`` for a server with a self-signed certificate), then the config file written by
+``ml config init``.  It speaks the WebSocket protocol (msgpack frames) of the server.
 """
 
 from ._client import Client
@@ -28,6 +29,7 @@ from ._errors import ConnectionLostError, ServerUnreachableError
 from ._frames import Event, Identity, JobUpdate, LogChunk, LogEnd, ServerStatus
 from ._settings import (
     DEFAULT_URL,
+    ENV_CA_FILE,
     ENV_KEY,
     ENV_URL,
     Settings,
@@ -42,6 +44,7 @@ from ._subscription import Subscription
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_URL",
+    "ENV_CA_FILE",
     "ENV_KEY",
     "ENV_URL",
     "Client",

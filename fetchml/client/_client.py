@@ -80,8 +80,10 @@ class Client:
         *,
         key: str | None,
         stream: trio.abc.AsyncResource | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url
+        self._ca_file = ca_file
         self._ws = ws
         self._stream = stream
         self._nursery = nursery
@@ -189,10 +191,12 @@ class Client:
         only streams logs live, through ``subscribe(job_id, logs=True)``)."""
         from ._http import fetch_log
 
-        key = self._key
+        key, ca_file = self._key, self._ca_file
         try:
             return await trio.to_thread.run_sync(
-                lambda: fetch_log(self.url, key, job_id, offset=offset, timeout=_HTTP_S),
+                lambda: fetch_log(
+                    self.url, key, job_id, offset=offset, timeout=_HTTP_S, ca_file=ca_file
+                ),
                 abandon_on_cancel=True,
             )
         except AuthError:
@@ -245,7 +249,12 @@ class Client:
         if body.code == AuthError.code and self._key is None:
             return AuthError(_NO_KEY_HINT)
         return error_from_wire(
-            body.code, body.message, field=body.field, permission=body.permission, job_id=job_id
+            body.code,
+            body.message,
+            field=body.field,
+            permission=body.permission,
+            job_id=job_id,
+            retry_after=body.retry_after,
         )
 
     async def _read_frames(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -23,6 +24,7 @@ from fetchml.errors import AuthError, FetchMLError
 from ._client import Client
 from ._errors import ServerUnreachableError, error_from_wire
 from ._settings import Settings, load_settings, websocket_url
+from ._tls import client_ssl_context, describe_tls_failure
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect"]
 
@@ -36,25 +38,31 @@ async def connect(
     url: str | None = None,
     key: str | None = None,
     *,
+    ca_file: str | None = None,
     config_path: str | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncIterator[Client]:
     """Connect to a Fetch ML server: ``async with connect(url, key) as client: ...``.
 
-    ``url`` is the server's base URL (``http://127.0.0.1:9103``; ``ws://…/ws`` works too) and
-    ``key`` an API key; either left out comes from ``FETCHML_URL`` / ``FETCHML_API_KEY``, then the
-    client config file (see :func:`load_settings`).
+    ``url`` is the server's base URL (``http://127.0.0.1:9103``; ``ws://…/ws`` works too),
+    ``key`` an API key and ``ca_file`` a PEM file of the CA certificates to trust for an
+    ``https``/``wss`` server (default: the system's); each left out comes from
+    ``FETCHML_URL`` / ``FETCHML_API_KEY`` / ``FETCHML_CA_FILE``, then the client config file
+    (see :func:`load_settings`).  The server's certificate and host name are always verified.
 
-    Raises :class:`ServerUnreachableError` (naming the URL) when no connection can be made,
-    :class:`AuthError` for a rejected key, :class:`ConfigError` for a bad URL or config file.
+    Raises :class:`ServerUnreachableError` (naming the URL, and for a certificate that is not
+    trusted, how to trust it) when no connection can be made, :class:`AuthError` for a rejected
+    key, :class:`ConfigError` for a bad URL, config file or CA file.
     """
-    settings = load_settings(url=url, key=key, config_path=config_path)
+    settings = load_settings(url=url, key=key, ca_file=ca_file, config_path=config_path)
     connected = False
     try:
         async with trio.open_nursery() as nursery:
             ws, stream = await _open_websocket(nursery, settings, connect_timeout)
             connected = True
-            client = Client(ws, settings.url, nursery, key=settings.key, stream=stream)
+            client = Client(
+                ws, settings.url, nursery, key=settings.key, stream=stream, ca_file=settings.ca_file
+            )
             nursery.start_soon(client._read_frames)
             try:
                 yield client
@@ -91,19 +99,13 @@ async def _open_websocket(
     host_header = f"[{host}]" if ":" in host else host
     if port not in (80, 443):
         host_header = f"{host_header}:{port}"
+    ssl_context = client_ssl_context(settings.ca_file) if secure else None
     with trio.fail_after(limit_s):
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
-        if secure:
-            import ssl
-
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=ssl.create_default_context(), https_compatible=True
-            )
-        else:
-            stream = await trio.open_tcp_stream(host, port)
+        stream = await _open_stream(host, port, ssl_context)
+        watch = _HandshakeWatch(nursery)
         try:
             ws = await wrap_client_stream(
-                nursery,
+                cast(trio.Nursery, watch),
                 stream,
                 host_header,
                 target.path,
@@ -113,7 +115,52 @@ async def _open_websocket(
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
+        watch.opened = True
     return ws, stream
+
+
+async def _open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    """A TCP stream, or a TLS stream whose handshake (certificate check included) is done.
+
+    The handshake is done here, not left to the first write: trio-websocket turns a failed
+    write into a closed connection and loses the reason (an untrusted certificate).  Raises
+    OSError, or trio.BrokenResourceError caused by the :class:`ssl.SSLError`.
+    """
+    if ssl_context is None:
+        return await trio.open_tcp_stream(host, port)
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=ssl_context, https_compatible=True
+    )
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+class _HandshakeWatch:
+    """Stands in for the nursery that trio-websocket starts its reader task in, and fails the
+    connection attempt when that task ends before the opening handshake completed.
+
+    trio-websocket waits for the server's handshake reply for ever when the server closes the
+    connection without one (a TLS server sent plain text does), so ``connect`` would hang until
+    its timeout instead of saying what happened.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.opened = False
+
+    def start_soon(self, function: Callable[[], Awaitable[object]]) -> None:
+        self._nursery.start_soon(self._watch, function)
+
+    async def _watch(self, function: Callable[[], Awaitable[object]]) -> None:
+        await function()
+        if not self.opened:
+            raise trio.BrokenResourceError("the server closed the connection during the handshake")
 
 
 def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -130,6 +177,10 @@ def _connect_error(exc: BaseException, settings: Settings) -> BaseException:
     """A connection-phase failure as a Fetch ML error naming the URL (others pass through)."""
     url = settings.url
     prefix = f"cannot reach the Fetch ML server at {url}"
+    host = urlsplit(url).hostname or url
+    tls_failure = describe_tls_failure(exc, host=host, ca_file=settings.ca_file)
+    if tls_failure is not None:
+        return ServerUnreachableError(f"{prefix}: {tls_failure}", url=url)
     if isinstance(exc, trio.TooSlowError):
         return ServerUnreachableError(f"{prefix}: no answer in time", url=url)
     if isinstance(exc, ConnectionRejected):
@@ -137,7 +188,9 @@ def _connect_error(exc: BaseException, settings: Settings) -> BaseException:
     if isinstance(exc, OSError):
         return ServerUnreachableError(f"{prefix}: {_os_reason(exc)}", url=url)
     if isinstance(exc, HandshakeError | trio.BrokenResourceError | ConnectionClosed):
-        return ServerUnreachableError(f"{prefix}: the WebSocket handshake failed", url=url)
+        # A TLS server drops a plain-text request without a word.
+        hint = "" if url.startswith("https://") else " (if the server uses TLS, use an https URL)"
+        return ServerUnreachableError(f"{prefix}: the WebSocket handshake failed{hint}", url=url)
     return exc
 
 
@@ -148,8 +201,10 @@ def _rejected(exc: ConnectionRejected, url: str) -> FetchMLError:
         code, message = str(error["code"]), str(error["message"])
     except (msgspec.DecodeError, KeyError, TypeError):
         code, message = "", ""
-    if exc.status_code in (401, 403) and code:
-        return error_from_wire(code, message, permission=error.get("permission"))
+    if exc.status_code in (401, 403, 429) and code:
+        return error_from_wire(
+            code, message, permission=error.get("permission"), retry_after=error.get("retry_after")
+        )
     return ServerUnreachableError(
         f"the server at {url} refused the WebSocket connection (HTTP {exc.status_code}); "
         "is this the URL of a Fetch ML server?",

@@ -1,8 +1,9 @@
 """Errors of the protocol client, and the mapping of wire error bodies to Fetch ML error classes.
 
-Every error the server reports arrives as ``{"code", "message"}`` (plus ``field`` or
-``permission`` where it has one); :func:`error_from_wire` turns it back into the class the server
-raised, so client code catches the same :mod:`fetchml.errors` classes as embedding code does.
+Every error the server reports arrives as ``{"code", "message"}`` (plus ``field``,
+``permission`` or ``retry_after`` where it has one); :func:`error_from_wire` turns it back into
+the class the server raised, so client code catches the same :mod:`fetchml.errors` classes as
+embedding code does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fetchml.errors import (
     InvalidSpecError,
     JobNotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     SchedulerClosedError,
     SubscriberDroppedError,
 )
@@ -62,8 +64,15 @@ def error_from_wire(
     field: str | None = None,
     permission: str | None = None,
     job_id: int | None = None,
+    retry_after: object = None,
 ) -> FetchMLError:
-    """The Fetch ML error for a wire error body (``job_id``: the job the request was about)."""
+    """The Fetch ML error for a wire error body (``job_id``: the job the request was about;
+    ``retry_after``: the seconds a rate limit asks to wait, 1 s if it is not a number)."""
+    if code == RateLimitedError.code:
+        seconds = 1.0
+        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
+            seconds = float(retry_after)
+        return RateLimitedError(message, retry_after_s=seconds)
     if code == PermissionDeniedError.code:
         return PermissionDeniedError(message, permission=permission)
     if code == JobNotFoundError.code:

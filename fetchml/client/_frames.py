@@ -35,6 +35,7 @@ class WireError(msgspec.Struct, frozen=True):
     message: str = "unknown error"
     field: str | None = None
     permission: str | None = None
+    retry_after: float | None = None
 
 
 class Frame(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,18 +15,29 @@ from fetchml.errors import FetchMLError
 
 from ._errors import ServerUnreachableError, error_from_wire
 from ._settings import http_url
+from ._tls import client_ssl_context, describe_tls_failure
 
 __all__ = ["fetch_log"]
 
 
-def fetch_log(url: str, key: str | None, job_id: int, *, offset: int, timeout: float) -> bytes:
-    """The log of ``job_id`` from byte ``offset``.  Raises the server's error class, or
-    :class:`ServerUnreachableError` naming the URL."""
+def fetch_log(
+    url: str,
+    key: str | None,
+    job_id: int,
+    *,
+    offset: int,
+    timeout: float,
+    ca_file: str | None = None,
+) -> bytes:
+    """The log of ``job_id`` from byte ``offset`` (over TLS for an https server, trusting
+    ``ca_file``, else the system's CAs).  Raises the server's error class,
+    :class:`ServerUnreachableError` naming the URL, or :class:`ConfigError` for the CA file."""
     base = urlsplit(http_url(url))
     host = base.hostname or "127.0.0.1"
     connection: http.client.HTTPConnection
     if base.scheme == "https":
-        connection = http.client.HTTPSConnection(host, base.port, timeout=timeout)
+        context = client_ssl_context(ca_file)
+        connection = http.client.HTTPSConnection(host, base.port, timeout=timeout, context=context)
     else:
         connection = http.client.HTTPConnection(host, base.port, timeout=timeout)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -36,7 +47,9 @@ def fetch_log(url: str, key: str | None, job_id: int, *, offset: int, timeout: f
         response = connection.getresponse()
         body = response.read()
     except OSError as exc:
-        reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        reason = describe_tls_failure(exc, host=host, ca_file=ca_file) or (
+            (exc.strerror or str(exc) or type(exc).__name__).lower()
+        )
         raise ServerUnreachableError(
             f"cannot reach the Fetch ML server at {url}: {reason}", url=url
         ) from None
@@ -59,4 +72,5 @@ def _http_error(status: int, body: bytes, job_id: int) -> FetchMLError:
         field=error.get("field"),
         permission=error.get("permission"),
         job_id=job_id,
+        retry_after=error.get("retry_after"),
     )

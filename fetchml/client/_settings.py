@@ -1,9 +1,13 @@
-"""Client settings: the server URL and the API key, from arguments, environment or config file.
+"""Client settings: the server URL, the API key and the CA file, from arguments, environment or
+config file.
 
 Precedence: explicit values (command-line flags, ``connect()`` arguments), then ``FETCHML_URL`` /
-``FETCHML_API_KEY``, then the YAML file ``$XDG_CONFIG_HOME/fetchml/config.yaml`` (by default
-``~/.config/fetchml/config.yaml``), then the default URL ``http://127.0.0.1:9103``.  The key is
-kept as given and sent as-is; nothing here ever prints it (:func:`mask_key` shows its key id).
+``FETCHML_API_KEY`` / ``FETCHML_CA_FILE``, then the YAML file
+``$XDG_CONFIG_HOME/fetchml/config.yaml`` (by default ``~/.config/fetchml/config.yaml``), then the
+default URL ``http://127.0.0.1:9103``.  The key is kept as given and sent as-is; nothing here ever
+prints it (:func:`mask_key` shows its key id).  The CA file (for ``https``/``wss`` servers whose
+certificate no system CA signed) is a path; in the config file a relative path is relative to the
+config file's directory.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fetchml.errors import ConfigError
 
 __all__ = [
     "DEFAULT_URL",
+    "ENV_CA_FILE",
     "ENV_KEY",
     "ENV_URL",
     "Settings",
@@ -35,16 +40,19 @@ __all__ = [
 DEFAULT_URL: Final = "http://127.0.0.1:9103"
 ENV_URL: Final = "FETCHML_URL"
 ENV_KEY: Final = "FETCHML_API_KEY"
-CONFIG_KEYS: Final = ("url", "api_key")
+ENV_CA_FILE: Final = "FETCHML_CA_FILE"
+CONFIG_KEYS: Final = ("url", "api_key", "ca_file")
 _SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where to connect and with which key, and where each came from (for ``ml config show``).
+    """Where to connect, with which key and CA file, and where each came from (for
+    ``ml config show``).
 
-    ``url_source`` / ``key_source`` are ``"flag"``, ``"env"``, ``"config"`` or ``"default"``
-    (``key_source`` is ``"none"`` without a key).  The key is left out of ``repr``.
+    ``url_source`` / ``key_source`` / ``ca_file_source`` are ``"flag"``, ``"env"``,
+    ``"config"`` or ``"default"`` (``"none"`` without a key or a CA file).  ``ca_file`` is None
+    when the system's CAs are trusted.  The key is left out of ``repr``.
     """
 
     url: str
@@ -52,6 +60,8 @@ class Settings:
     url_source: str
     key_source: str
     config_path: Path
+    ca_file: str | None = None
+    ca_file_source: str = "none"
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path:
@@ -103,24 +113,34 @@ def load_settings(
     *,
     url: str | None = None,
     key: str | None = None,
+    ca_file: str | None = None,
     config_path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve the settings; ``url``/``key`` win over the environment, which wins over the file.
+    """Resolve the settings; ``url``/``key``/``ca_file`` win over the environment, which wins
+    over the file.
 
     The config file is only read when the environment and arguments leave something unset.
-    Raises :class:`ConfigError` for an unreadable or invalid config file.
+    Does not open the CA file (only a TLS connection needs it).  Raises :class:`ConfigError`
+    for an unreadable or invalid config file.
     """
     env = os.environ if env is None else env
     path = Path(config_path) if config_path is not None else default_config_path(env)
     url_value, url_source = _first((url, "flag"), (env.get(ENV_URL), "env"))
     key_value, key_source = _first((key, "flag"), (env.get(ENV_KEY), "env"))
-    if url_value is None or key_value is None:
+    ca_value, ca_source = _first((ca_file, "flag"), (env.get(ENV_CA_FILE), "env"))
+    if ca_value is not None:
+        ca_value = os.path.expanduser(ca_value)
+    if url_value is None or key_value is None or ca_value is None:
         stored = read_config_file(path)
         if url_value is None:
             url_value, url_source = _first((stored.get("url"), "config"), (DEFAULT_URL, "default"))
         if key_value is None:
             key_value, key_source = _first((stored.get("api_key"), "config"))
+        if ca_value is None and "ca_file" in stored:
+            # Relative to the config file, which may be read from any working directory.
+            ca_value = str(path.parent / os.path.expanduser(stored["ca_file"]))
+            ca_source = "config"
     assert url_value is not None
     return Settings(
         url=normalize_url(url_value),
@@ -128,6 +148,8 @@ def load_settings(
         url_source=url_source,
         key_source=key_source if key_value is not None else "none",
         config_path=path,
+        ca_file=ca_value,
+        ca_file_source=ca_source if ca_value is not None else "none",
     )
 
 
@@ -191,17 +213,19 @@ def mask_key(key: str | None) -> str:
     return "****"
 
 
-def write_config(path: Path, *, url: str, key: str) -> None:
+def write_config(path: Path, *, url: str, key: str, ca_file: str | None = None) -> None:
     """Write the client config file atomically, mode 0600 (its directory 0700 when created).
 
-    Raises :class:`ConfigError` when the file cannot be written.
+    ``ca_file`` is stored as given (make it absolute: a relative one is read relative to the
+    config file's directory).  Raises :class:`ConfigError` when the file cannot be written.
     """
     import yaml
 
+    settings = {"url": url, "api_key": key} | ({"ca_file": ca_file} if ca_file else {})
     body = (
         "# Fetch ML client settings, written by `ml config init`.\n"
         "# It holds your API key: keep this file private (mode 0600).\n"
-        + yaml.safe_dump({"url": url, "api_key": key}, default_flow_style=False, sort_keys=False)
+        + yaml.safe_dump(settings, default_flow_style=False, sort_keys=False)
     )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 from quart import Response, websocket
@@ -10,7 +11,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .._config import ServerSettings
-from ..errors import AuthError, FetchMLError
+from ..errors import AuthError, FetchMLError, RateLimitedError
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
 from ._security import install_security
@@ -45,7 +46,7 @@ def create_app(
         if key is not None:
             try:
                 principal = await service.authenticate(key)
-            except AuthError as exc:
+            except (AuthError, RateLimitedError) as exc:
                 return _error_response(exc)
         await websocket.accept()
         metrics.websockets.inc()
@@ -89,4 +90,7 @@ def _error_response(exc: FetchMLError) -> Response:
     response = json_response({"error": error_body(exc)}, status=exc.status)
     if isinstance(exc, AuthError):
         response.headers["WWW-Authenticate"] = 'Bearer realm="fetchml"'
+    elif isinstance(exc, RateLimitedError):
+        # Whole seconds (RFC 9110), rounded up so a client that waits that long gets through.
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return response

@@ -87,9 +87,13 @@ class AuditLog:
         code: str | None = None,
         job_id: int | None = None,
         source: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
-        """Append one entry and wait until it is written.  Raises OSError if it could not be."""
-        entry = {
+        """Append one entry and wait until it is written.  Raises OSError if it could not be.
+
+        ``detail`` (what a config change touched, or why it was refused) is added when given.
+        """
+        entry: dict[str, Any] = {
             "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds"),
             "user": user,
             "source": source if source is not None else source_address.get(),
@@ -98,6 +102,8 @@ class AuditLog:
             "code": code,
             "job_id": job_id,
         }
+        if detail is not None:
+            entry["detail"] = detail
         pending = _Pending(entry)
         await self._send.send(pending)
         await pending.done.wait()

@@ -106,7 +106,13 @@ def register_http(
         closing = trio.Event()
 
     async def who() -> Principal:
-        return await service.authenticate(api_key_from(request.headers))
+        """The caller, counted against its key's rate limit.  Raises AuthError (401) and
+        RateLimitedError (429).  Waits on the auth actor (and the audit log on a refusal)."""
+        principal = await service.authenticate(api_key_from(request.headers))
+        retry_after_s = service.over_limit(principal)
+        if retry_after_s:
+            await service.refuse_rate(principal, f"{request.method} {request.path}", retry_after_s)
+        return principal
 
     @app.get("/health")
     async def health() -> Response:
@@ -114,7 +120,7 @@ def register_http(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        body, content_type = await metrics.render(service.scheduler)
+        body, content_type = await metrics.render(service.scheduler, service.limits)
         return Response(body, content_type=content_type)
 
     @app.get("/api/v1/openapi.json")

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from .._models import JobState
 from ..actors import Scheduler, StatusReport
+from ._limits import Limits
 
 __all__ = ["Metrics"]
 
@@ -51,13 +52,34 @@ class _QueueCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=value)
 
 
+class _LimitsCollector(Collector):
+    """``fetchml_rate_limited_total`` by kind, read from the gateway's :class:`Limits`."""
+
+    def __init__(self) -> None:
+        self.limits: Limits | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.limits is None:
+            return
+        refused = CounterMetricFamily(
+            "fetchml_rate_limited",
+            "Requests refused by the rate limits: key over its rate, or banned address",
+            labels=["kind"],
+        )
+        for kind, count in self.limits.refused.items():
+            refused.add_metric([kind], count)
+        yield refused
+
+
 class Metrics:
-    """The gateway's own counters plus the queue gauges, in one registry."""
+    """The gateway's own counters, the queue gauges and the rate-limit refusals, in one registry."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._queue = _QueueCollector()
         self.registry.register(self._queue)
+        self._limits = _LimitsCollector()
+        self.registry.register(self._limits)
         self.websockets = Gauge(
             "fetchml_websocket_connections", "Open WebSocket connections", registry=self.registry
         )
@@ -65,7 +87,9 @@ class Metrics:
             "fetchml_http_requests", "HTTP requests answered", ["status"], registry=self.registry
         )
 
-    async def render(self, scheduler: Scheduler) -> tuple[bytes, str]:
-        """The exposition text.  Waits on one scheduler status request."""
+    async def render(self, scheduler: Scheduler, limits: Limits | None = None) -> tuple[bytes, str]:
+        """The exposition text (refusal counts from ``limits``, if given).  Waits on one
+        scheduler status request."""
         self._queue.report = await scheduler.status()
+        self._limits.limits = limits
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -33,7 +33,17 @@ def _wrapped(key: str, ref: str, *, many: bool = False) -> dict[str, Any]:
     }
 
 
-_AUTH_ERRORS = {"401": _error("missing or invalid API key"), "403": _error("missing permission")}
+_RATE_LIMITED = {
+    **_error("rate limited: the key is over its rate, or the address is banned for failed keys"),
+    "headers": {
+        "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
+    },
+}
+_AUTH_ERRORS = {
+    "401": _error("missing or invalid API key"),
+    "403": _error("missing permission"),
+    "429": _RATE_LIMITED,
+}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
@@ -156,6 +166,7 @@ def openapi_document() -> dict[str, Any]:
                     "message": {"type": "string"},
                     "field": {"type": "string"},
                     "permission": {"type": "string"},
+                    "retry_after": {"type": "number", "description": "seconds (rate_limited)"},
                 },
                 "required": ["code", "message"],
             }

@@ -8,24 +8,37 @@ jobs are not stopped; the next start re-adopts them.
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
+import msgspec
 import trio
 
 from .._config import Config
 from ..actors import start_actors
-from ..auth import AuthActor, AuthConfig, ensure_auth_file, load_auth_file, parse_auth_config
+from ..auth import (
+    AuthActor,
+    AuthConfig,
+    AuthFile,
+    ReloadReport,
+    ensure_auth_file,
+    load_auth_file,
+    parse_auth_config,
+)
 from ..errors import ConfigError
 from ..store import Store
 from . import _hypercorn_fix
 from ._app import create_app
 from ._audit import AuditLog
 from ._service import Service
+from ._tls import server_ssl_context
 
 __all__ = ["load_auth", "run_server"]
 
@@ -44,6 +57,9 @@ GRACEFUL_TIMEOUT_S = 5.0
 # a collection every ~50 ms and ~15% more CPU per event frame; bench/bench_gateway_fanout.py).
 GC_THRESHOLDS = (100_000, 20, 10)
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+# Seconds a new TLS connection has to finish its handshake (hypercorn's default is 60): a peer
+# that connects and says nothing holds a connection task and a file descriptor until then.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def load_auth(config: Config, *, announce: bool = True) -> AuthConfig:
@@ -65,22 +81,68 @@ def load_auth(config: Config, *, announce: bool = True) -> AuthConfig:
                 flush=True,
             )
         auth = load_auth_file(path)
+    _check_auth(config, auth)
     if not auth.enabled:
-        if config.server.host not in _LOOPBACK:
-            raise ConfigError(
-                f"auth.enabled: false is only allowed on a loopback bind, not {config.server.host}"
-            )
         log.warning("AUTHENTICATION IS DISABLED: every local client acts as an admin")
     return auth
 
 
+def _check_auth(config: Config, auth: AuthConfig) -> None:
+    """Refuse an auth config this server must not run with.  Raises :class:`ConfigError`."""
+    if not auth.enabled and config.server.host not in _LOOPBACK:
+        raise ConfigError(
+            f"auth.enabled: false is only allowed on a loopback bind, not {config.server.host}"
+        )
+
+
+def _auth_actor(config: Config, audit: AuditLog | None) -> AuthActor:
+    """The auth actor; with an auth file (not an inline section) it reloads it on change.
+
+    Every reload is logged by the actor and audited here: each change (``key.revoke``, …) as
+    one entry, a refused file as ``auth.reload`` with the error.
+    """
+
+    async def audit_reload(report: ReloadReport) -> None:
+        if audit is None:
+            return
+        source = f"auth file ({report.trigger})"
+        if not report.ok:
+            await audit.record(
+                "auth.reload",
+                user=None,
+                outcome="refused",
+                code="invalid_config",
+                source=source,
+                detail={"error": report.error},
+            )
+            return
+        for change in report.changes:
+            detail = {"user": change.user, "key_id": change.key_id}
+            await audit.record(change.action, user=None, source=source, detail=detail)
+        if not report.changes:
+            await audit.record("auth.reload", user=None, source=source, detail={"changes": 0})
+
+    initial = load_auth(config)
+    if config.auth is not None:
+        return AuthActor(initial)
+    source = AuthFile(Path(config.auth_file), validate=lambda auth: _check_auth(config, auth))
+    return AuthActor(initial, source=source, on_reload=audit_reload)
+
+
 class _HypercornConfig(hypercorn.config.Config):
-    """hypercorn's config, with listening sockets that job processes do not inherit.
+    """hypercorn's config, with listening sockets that job processes do not inherit, and the
+    TLS context that :func:`server_ssl_context` built and checked (hypercorn would load the
+    files again, with its own settings and errors that name no file).
 
     hypercorn marks its listening sockets inheritable (for its multi-process workers), so every
     job the executor spawns would hold the server's port open: a restart could not bind it while
     a job from before runs, and connections would queue on a socket nobody serves.
     """
+
+    tls_context: ssl.SSLContext | None = None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls_context if self.ssl_enabled else None
 
     def create_sockets(self) -> hypercorn.config.Sockets:
         sockets = super().create_sockets()
@@ -89,9 +151,20 @@ class _HypercornConfig(hypercorn.config.Config):
         return sockets
 
 
-def _hypercorn_config(config: Config) -> hypercorn.config.Config:
+def _hypercorn_config(
+    config: Config, tls_context: ssl.SSLContext | None = None
+) -> hypercorn.config.Config:
+    """hypercorn's settings for ``config``; with ``tls_context`` it serves only TLS (HTTPS and
+    WSS) on the bound port, and the URLs it reports are ``https://``."""
     settings = config.server
     hconfig = _HypercornConfig()
+    if tls_context is not None:
+        # hypercorn serves TLS on ``bind`` when both are set; the files were already loaded
+        # into tls_context, which create_ssl_context hands out instead of loading them again.
+        hconfig.certfile = settings.tls.cert_file
+        hconfig.keyfile = settings.tls.key_file
+        hconfig.tls_context = tls_context
+        hconfig.ssl_handshake_timeout = TLS_HANDSHAKE_TIMEOUT_S
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     hconfig.bind = [f"{host}:{settings.port}"]
     hconfig.websocket_max_message_size = settings.max_frame_bytes
@@ -108,15 +181,20 @@ async def run_server(
     handle_signals: bool = True,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop``); ``task_status.started`` gets the bound URLs.
+    """Run until SIGINT/SIGTERM (or ``stop``); ``task_status.started`` gets the bound URLs
+    (``https://`` with ``server.tls`` on).
 
     ``handle_signals=False`` leaves the process alone (embedding, tests): its signal handlers
     and its garbage-collector settings, which a server owning its process tunes.
 
-    Raises :class:`ConfigError` / :class:`StoreError` on start-up problems.
+    Raises :class:`ConfigError` / :class:`StoreError` on start-up problems (a TLS certificate
+    or key that cannot be used included, before anything is bound or written).
     """
     _hypercorn_fix.apply()
-    auth = AuthActor(load_auth(config))
+    tls = config.server.tls
+    tls_context = server_ssl_context(tls) if tls.enabled else None
+    audit = AuditLog(config.audit_path) if config.audit.enabled else None
+    auth = _auth_actor(config, audit)
     if stop is None:  # not ``stop or ...``: a trio.Event refuses to be used as a bool
         stop = trio.Event()
     store = await Store.open(config.data_path, synchronous=config.store.synchronous)
@@ -132,11 +210,14 @@ async def run_server(
             if handle_signals:
                 gc.freeze()
             closing = trio.Event()
-            audit = AuditLog(config.audit_path) if config.audit.enabled else None
             if audit is not None:
                 await supervisor.start(audit.run)
-            app = create_app(Service(scheduler, auth, audit), config.server, closing)
-            hconfig = _hypercorn_config(config)
+                await audit.record(
+                    "server.start", user=None, source="server", detail=_start_detail(config, auth)
+                )
+            service = Service(scheduler, auth, audit, limits=config.limits)
+            app = create_app(service, config.server, closing)
+            hconfig = _hypercorn_config(config, tls_context)
 
             async def gateway(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 async def shutdown_trigger() -> None:
@@ -154,13 +235,26 @@ async def run_server(
             binds: list[str] = await supervisor.start(gateway)
             log.info("serving on %s (data in %s)", ", ".join(binds), config.data_path)
             if handle_signals:
-                supervisor.start_soon(_stop_on_signal, stop)
+                supervisor.start_soon(_handle_signals, stop, auth)
             task_status.started(binds)
     finally:
         gc.set_threshold(*gc_thresholds)
         with trio.CancelScope(shield=True):
             await store.aclose()
     log.info("stopped; running jobs keep running and are re-adopted on the next start")
+
+
+def _start_detail(config: Config, auth: AuthActor) -> dict[str, Any]:
+    """What a start is audited with: digests of the server and auth config in force, so that a
+    change made while the server was down shows between two starts (no key material: the auth
+    digest covers hashes, which the audit log never holds)."""
+    auth_config = auth.config
+    return {
+        "config_sha256": hashlib.sha256(msgspec.json.encode(config)).hexdigest(),
+        "auth_sha256": hashlib.sha256(msgspec.json.encode(auth_config)).hexdigest(),
+        "users": len(auth_config.api_keys),
+        "keys": sum(1 for _ in auth_config.all_keys()),
+    }
 
 
 async def _abort_after_grace(hconfig: hypercorn.config.Config) -> None:
@@ -183,9 +277,14 @@ async def _abort_when_cancelled(hconfig: hypercorn.config.Config) -> None:
         _hypercorn_fix.abort_connections(hconfig)
 
 
-async def _stop_on_signal(stop: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _handle_signals(stop: trio.Event, auth: AuthActor) -> None:
+    """SIGINT/SIGTERM: set ``stop`` and return.  SIGHUP: reload the auth file now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP; reloading the auth file")
+                auth.request_reload()
+                continue
             log.info("received %s; shutting down", signal.Signals(signum).name)
             stop.set()
             return

@@ -10,16 +10,25 @@ own jobs", and an analyst is told it lacks ``jobs:update``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
+from .._config import LimitsSettings
 from .._models import Job, JobSpec, JobState, validate_spec
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
-from ..errors import AuthError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
-from ._audit import AuditLog
+from ..errors import (
+    AuthError,
+    InvalidSpecError,
+    JobNotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
+from ._audit import AuditLog, source_address
+from ._limits import Limits
 
 __all__ = ["MAX_JOB_ID", "Service"]
 
@@ -27,19 +36,43 @@ __all__ = ["MAX_JOB_ID", "Service"]
 # passed on, it would make the store raise OverflowError (a 500, or a crashed scheduler).
 MAX_JOB_ID = 2**63 - 1
 
+log = logging.getLogger("fetchml.gateway")
+
 
 class Service:
-    """The operations of the gateway on behalf of authenticated principals."""
+    """The operations of the gateway on behalf of authenticated principals.
+
+    ``limits`` (``limits.*`` of the config; None: no limits) sets the per-key rate limit that
+    :meth:`over_limit` checks and the ban of addresses that :meth:`authenticate` applies.
+    """
 
     def __init__(
-        self, scheduler: Scheduler, auth: AuthActor, audit: AuditLog | None = None
+        self,
+        scheduler: Scheduler,
+        auth: AuthActor,
+        audit: AuditLog | None = None,
+        *,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.auth = auth
         self.audit = audit
+        self.limits = Limits(limits)
 
     async def authenticate(self, key: str | None) -> Principal:
-        """The principal for an API key.  Raises :class:`AuthError` (401), audited."""
+        """The principal for an API key.  Raises :class:`AuthError` (401), audited.
+
+        Raises :class:`RateLimitedError` (429), audited, before any key is looked at when the
+        source address is banned.  A wrong key (not a missing one) counts against the address;
+        enough of them start its ban (a warning and an audit entry ``ban``).  Waits on the auth
+        actor (bcrypt, the first time a key is seen) and on the audit log.
+        """
+        guard = self.limits.addresses
+        address = source_address.get()
+        if guard is not None and address is not None:
+            left = guard.banned_for(address)
+            if left:
+                await self._refuse_banned(address, left)
         try:
             if not key:
                 if not self.auth.config.enabled:
@@ -47,9 +80,66 @@ class Service:
                 raise AuthError("missing API key")
             return await self.auth.authenticate(key)
         except AuthError as exc:
+            # Counted before the audit write, so attempts racing this one already see a ban.
+            ban = bool(key) and guard is not None and address is not None and guard.failed(address)
             if self.audit is not None:
                 await self.audit.record("auth", user=None, outcome="refused", code=exc.code)
+            if ban and address is not None:
+                await self._start_ban(address)
             raise
+
+    def over_limit(self, who: Principal) -> float:
+        """Count one request of ``who``'s key: 0.0 if it may go ahead, else the seconds until
+        one could (then call :meth:`refuse_rate`).  Never waits."""
+        keys = self.limits.keys
+        return 0.0 if keys is None else keys.take(who.user, who.key_id)
+
+    async def refuse_rate(self, who: Principal, action: str, retry_after_s: float) -> NoReturn:
+        """Log and audit a request over ``who``'s rate limit, then raise RateLimitedError.
+
+        Waits on the audit log.
+        """
+        self.limits.refused["key"] += 1
+        log.warning(
+            "rate limited %s by %s (key %s) from %s: retry in %.2f s",
+            action,
+            who.user,
+            who.key_id or "-",
+            source_address.get(),
+            retry_after_s,
+        )
+        if self.audit is not None:
+            await self.audit.record(action, user=who.user, outcome="refused", code="rate_limited")
+        settings = self.limits.settings
+        assert settings is not None
+        raise RateLimitedError(
+            f"too many requests with this API key (limit {settings.requests_per_s:g} per second, "
+            f"bursts of {settings.burst})",
+            retry_after_s=retry_after_s,
+        )
+
+    async def _refuse_banned(self, address: str, left: float) -> NoReturn:
+        self.limits.refused["ban"] += 1
+        log.warning("refused a request from banned address %s (%.0f s left)", address, left)
+        if self.audit is not None:
+            await self.audit.record("auth", user=None, outcome="refused", code="rate_limited")
+        raise RateLimitedError(
+            "this address is temporarily banned after too many failed API keys",
+            retry_after_s=left,
+        )
+
+    async def _start_ban(self, address: str) -> None:
+        settings = self.limits.settings
+        assert settings is not None
+        log.warning(
+            "banned address %s for %g s: %d failed API keys within %g s",
+            address,
+            settings.ban_s,
+            settings.auth_failures,
+            settings.auth_failure_window_s,
+        )
+        if self.audit is not None:
+            await self.audit.record("ban", user=None, outcome="refused", code="rate_limited")
 
     @contextlib.asynccontextmanager
     async def _refusals(self, action: str, who: Principal) -> AsyncIterator[None]:

@@ -188,7 +188,11 @@ def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
 
 
 def error_body(exc: FetchMLError) -> dict[str, Any]:
-    """The ``{"code", "message"}`` error object of the wire protocol and the HTTP API."""
+    """The ``{"code", "message"}`` error object of the wire protocol and the HTTP API.
+
+    Plus ``field`` or ``permission`` where the error names one, and ``retry_after`` (seconds)
+    for a rate limit.
+    """
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
     field = getattr(exc, "field", None)
     if field is not None:
@@ -196,4 +200,7 @@ def error_body(exc: FetchMLError) -> dict[str, Any]:
     permission = getattr(exc, "permission", None)
     if permission is not None:
         body["permission"] = permission
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        body["retry_after"] = max(0.001, round(retry_after, 3))  # seconds
     return body

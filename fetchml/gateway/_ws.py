@@ -12,6 +12,8 @@ A connection's frames go out one send at a time, in order (see :class:`_Outbox`)
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -23,7 +25,13 @@ from quart.wrappers import Websocket
 
 from ..actors import Subscription
 from ..auth import Principal
-from ..errors import AuthError, FetchMLError, InvalidRequestError, SubscriberDroppedError
+from ..errors import (
+    AuthError,
+    FetchMLError,
+    InvalidRequestError,
+    RateLimitedError,
+    SubscriberDroppedError,
+)
 from ._service import Service
 from ._wire import (
     AuthOp,
@@ -85,6 +93,8 @@ class Connection:
             self._nursery = nursery
             nursery.start_soon(self._outbox.drain)
             nursery.start_soon(self._close_on_shutdown)
+            if self._who is not None:
+                nursery.start_soon(self._watch_key)
             while True:
                 # Quart hands an empty binary frame over as None (its type says otherwise).
                 data: bytes | str | None = await ws.receive()
@@ -107,6 +117,28 @@ class Connection:
                 else:
                     nursery.start_soon(self._answer_and_release, codec, request)
 
+    async def _watch_key(self) -> None:
+        """Close the connection (1008) once its key is revoked or expires.
+
+        Waits for a change of the auth config or the key's expiry, whichever comes first, then
+        asks the auth actor whether the key still holds; a key that does (a change that did not
+        touch it) may come back with new roles, which later ops use.
+        """
+        auth = self._service.auth
+        while True:
+            who = self._who
+            assert who is not None
+            changed = auth.changed
+            deadline = math.inf if who.expires_at is None else who.expires_at - time.time()
+            with trio.move_on_after(max(deadline, 0.0)):
+                await changed.wait()
+            try:
+                self._who = auth.current(who)
+            except AuthError as exc:
+                log.info("closing a WebSocket of %s: %s", who.user, exc.message)
+                await self._close(CLOSE_POLICY, exc.message)
+                return
+
     async def _close_on_shutdown(self) -> None:
         await self._closing.wait()
         await self._close(CLOSE_GOING_AWAY, "server shutting down")
@@ -125,13 +157,21 @@ class Connection:
             self._slots.release()
 
     async def _answer(self, codec: Codec, request: Request) -> None:
+        who = self._who
         try:
-            if self._who is None and not isinstance(request, AuthOp):
-                raise AuthError("not authenticated: send an auth op first")
+            if who is None:
+                if not isinstance(request, AuthOp):
+                    raise AuthError("not authenticated: send an auth op first")
+            elif retry_after_s := self._service.over_limit(who):
+                op = str(request.__struct_config__.tag)
+                await self._service.refuse_rate(who, op, retry_after_s)
             payload = await self._perform(codec, request)
         except FetchMLError as exc:
             await self._reply_error(codec, request.id, exc)
-            if isinstance(request, AuthOp) and isinstance(exc, AuthError):
+            # A first auth op that fails (a wrong key, a banned address) ends the connection.
+            if isinstance(request, AuthOp) and (
+                isinstance(exc, AuthError) or (isinstance(exc, RateLimitedError) and who is None)
+            ):
                 await self._close(CLOSE_POLICY, "authentication failed")
             return
         except Exception:
@@ -143,7 +183,10 @@ class Connection:
     async def _perform(self, codec: Codec, request: Request) -> Mapping[str, Any]:
         service = self._service
         if isinstance(request, AuthOp):
+            first = self._who is None
             self._who = await service.authenticate(request.key)
+            if first and self._nursery is not None:
+                self._nursery.start_soon(self._watch_key)
             return service.whoami(self._who)
         who = self._who
         assert who is not None

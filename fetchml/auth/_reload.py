@@ -1,0 +1,144 @@
+"""Hot reload of the auth file: noticing a change, reading it safely, and what changed.
+
+The file is polled with ``stat`` (about once a second) rather than watched through inotify: the
+tools and editors that change it replace it by rename, which a stat notices on every platform,
+and one stat a second costs nothing.  A change of the stat is confirmed by the SHA-256 of the
+content, so touching the file reloads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import msgspec
+
+from fetchml.errors import ConfigError
+
+from ._config import AuthConfig, KeyEntry
+from ._file import parse_auth_text
+
+__all__ = ["POLL_INTERVAL_S", "AuthChange", "AuthFile", "ReloadReport", "diff_configs"]
+
+# How often the auth file is checked for a change: a revoked key loses its connections within
+# about this long (plus the close itself).
+POLL_INTERVAL_S: Final = 1.0
+
+_Stat = tuple[int, int, int, int]
+
+
+class AuthChange(msgspec.Struct, frozen=True):
+    """One change a reload made: ``action`` is ``user.add``, ``user.remove``, ``user.update``
+    (roles, admin or permissions), ``key.add``, ``key.revoke``, ``key.update`` (expiry) or
+    ``auth.update`` (enabled, custom roles or the allow-list).  Never carries key material."""
+
+    action: str
+    user: str | None = None
+    key_id: str | None = None
+
+
+class ReloadReport(msgspec.Struct, frozen=True):
+    """The outcome of one reload: applied (``ok``) with its changes, or refused with ``error``.
+
+    ``trigger`` is ``"signal"`` (SIGHUP or an explicit request) or ``"file"`` (a change seen).
+    """
+
+    ok: bool
+    trigger: str
+    changes: tuple[AuthChange, ...] = ()
+    error: str | None = None
+
+
+class AuthFile:
+    """The auth file as last read: notices changes and parses new content.
+
+    ``validate`` runs on every newly parsed config (the server's rules beyond the file's own,
+    e.g. auth may only be disabled on a loopback bind) and raises ``ConfigError`` to refuse it.
+    """
+
+    def __init__(self, path: Path, validate: Callable[[AuthConfig], None] | None = None) -> None:
+        self.path = path
+        self._validate = validate
+        self._stat: _Stat | None = None
+        self._digest: bytes | None = None
+
+    def read_if_changed(self, *, force: bool) -> AuthConfig | None:
+        """Return the file's config if its content changed since the last call (or ``force``).
+
+        Blocks on file I/O: run it in a worker thread.  Returns ``None`` when nothing changed.
+        Raises ``ConfigError`` naming the file and the field for a missing, unreadable or invalid
+        file; the same broken content is reported once, not on every poll.
+        """
+        stat = _stat(self.path)
+        if stat == self._stat and not force:
+            return None
+        self._stat = stat
+        if stat is None:
+            self._digest = None
+            raise ConfigError(f"{self.path}: file not found")
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest and not force:
+            return None
+        self._digest = digest
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{self.path}: cannot read: {exc}") from None
+        config = parse_auth_text(text, source=str(self.path))
+        if self._validate is not None:
+            self._validate(config)
+        return config
+
+
+def _stat(path: Path) -> _Stat | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def diff_configs(old: AuthConfig, new: AuthConfig) -> tuple[AuthChange, ...]:
+    """What changed from ``old`` to ``new``, user by user and key by key (keys by id and hash)."""
+    changes: list[AuthChange] = []
+    if (old.enabled, old.roles, old.ip_whitelist) != (new.enabled, new.roles, new.ip_whitelist):
+        changes.append(AuthChange("auth.update"))
+    for user in old.api_keys.keys() - new.api_keys.keys():
+        changes.extend(AuthChange("key.revoke", user, key.ref) for key in old.api_keys[user].keys)
+        changes.append(AuthChange("user.remove", user))
+    for user, entry in new.api_keys.items():
+        before = old.api_keys.get(user)
+        if before is None:
+            changes.append(AuthChange("user.add", user))
+            changes.extend(AuthChange("key.add", user, key.ref) for key in entry.keys)
+            continue
+        if (before.admin, before.roles, before.permissions) != (
+            entry.admin,
+            entry.roles,
+            entry.permissions,
+        ):
+            changes.append(AuthChange("user.update", user))
+        changes.extend(_key_changes(user, before.keys, entry.keys))
+    return tuple(changes)
+
+
+def _key_changes(
+    user: str, before: tuple[KeyEntry, ...], after: tuple[KeyEntry, ...]
+) -> list[AuthChange]:
+    old = {(key.ref, key.hash): key for key in before}
+    new = {(key.ref, key.hash): key for key in after}
+    changes = [AuthChange("key.revoke", user, ref) for ref, h in old.keys() - new.keys()]
+    changes += [AuthChange("key.add", user, ref) for ref, h in new.keys() - old.keys()]
+    changes += [
+        AuthChange("key.update", user, ident[0])
+        for ident in old.keys() & new.keys()
+        if old[ident].expires != new[ident].expires
+    ]
+    return changes
