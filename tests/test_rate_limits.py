@@ -205,10 +205,26 @@ async def test_ws_op_gets_rate_limited_and_the_connection_lives_on(tmp_path: Pat
     assert summary.count(("whoami", "alice", "refused", "rate_limited")) == len(refused)
 
 
-async def test_client_library_raises_rate_limited_error(tmp_path: Path) -> None:
+async def test_client_library_waits_out_a_short_limit(tmp_path: Path) -> None:
     users = Users()
     config = make_server_config(tmp_path, users, limits=RATE)
     async with serve(config) as base, connect(base, users.bob) as client:
+        with trio.fail_after(10):
+            started = trio.current_time()
+            for _ in range(9):
+                assert (await client.whoami()).user == "bob"
+            # The burst passes at once; the rest at the key's rate, each after its wait.
+            assert (
+                trio.current_time() - started >= 0.9 * (9 - RATE["burst"]) / RATE["requests_per_s"]
+            )
+    refused = [e for e in audit_summary(config) if e[3] == "rate_limited"]
+    assert refused, "the client never hit the limit: the test proves nothing"
+
+
+async def test_client_library_raises_rate_limited_error(tmp_path: Path) -> None:
+    users = Users()
+    config = make_server_config(tmp_path, users, limits=RATE)
+    async with serve(config) as base, connect(base, users.bob, rate_limit_wait_s=0) as client:
 
         async def hammer() -> None:
             for _ in range(20):

@@ -26,6 +26,7 @@ from fetchml.errors import (
     FetchMLError,
     InvalidRequestError,
     InvalidSpecError,
+    RateLimitedError,
     SubscriberDroppedError,
 )
 
@@ -81,9 +82,11 @@ class Client:
         key: str | None,
         stream: trio.abc.AsyncResource | None = None,
         ca_file: str | None = None,
+        rate_limit_wait_s: float = 0.0,
     ) -> None:
         self.url = url
         self._ca_file = ca_file
+        self._rate_limit_wait_s = rate_limit_wait_s
         self._ws = ws
         self._stream = stream
         self._nursery = nursery
@@ -219,6 +222,25 @@ class Client:
     # --- requests and replies -----------------------------------------------------------------
 
     async def _call(
+        self, op: str, *, on_reply: Callable[[Frame], None] | None = None, **args: Any
+    ) -> Frame:
+        """Send one request and wait for its reply; raise the error it reports.
+
+        A ``rate_limited`` refusal (the request did nothing) is retried after the wait the
+        server names while the waits add up to at most ``rate_limit_wait_s``.
+        """
+        waited = 0.0
+        while True:
+            try:
+                return await self._call_once(op, on_reply=on_reply, **args)
+            except RateLimitedError as exc:
+                wait = max(exc.retry_after_s, 0.001)
+                if waited + wait > self._rate_limit_wait_s:
+                    raise
+                waited += wait
+                await trio.sleep(wait)
+
+    async def _call_once(
         self, op: str, *, on_reply: Callable[[Frame], None] | None = None, **args: Any
     ) -> Frame:
         if self._lost is not None:

@@ -29,6 +29,9 @@ from ._tls import client_ssl_context, describe_tls_failure
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+# Longest a request waits out rate limiting in total before RateLimitedError reaches the caller;
+# a ban (minutes) is never waited out.
+DEFAULT_RATE_LIMIT_WAIT_S: Final = 30.0
 # Frames up to this size are accepted from the server (a list of many jobs can be large).
 MAX_FRAME_BYTES: Final = 64 << 20
 
@@ -41,6 +44,7 @@ async def connect(
     ca_file: str | None = None,
     config_path: str | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    rate_limit_wait_s: float = DEFAULT_RATE_LIMIT_WAIT_S,
 ) -> AsyncIterator[Client]:
     """Connect to a Fetch ML server: ``async with connect(url, key) as client: ...``.
 
@@ -49,6 +53,10 @@ async def connect(
     ``https``/``wss`` server (default: the system's); each left out comes from
     ``FETCHML_URL`` / ``FETCHML_API_KEY`` / ``FETCHML_CA_FILE``, then the client config file
     (see :func:`load_settings`).  The server's certificate and host name are always verified.
+
+    A request the server refuses as ``rate_limited`` is sent again after the wait it names, as
+    long as the waits of that request add up to at most ``rate_limit_wait_s`` (0: never): a
+    script that queues thousands of jobs is slowed to the server's rate instead of failing.
 
     Raises :class:`ServerUnreachableError` (naming the URL, and for a certificate that is not
     trusted, how to trust it) when no connection can be made, :class:`AuthError` for a rejected
@@ -61,7 +69,13 @@ async def connect(
             ws, stream = await _open_websocket(nursery, settings, connect_timeout)
             connected = True
             client = Client(
-                ws, settings.url, nursery, key=settings.key, stream=stream, ca_file=settings.ca_file
+                ws,
+                settings.url,
+                nursery,
+                key=settings.key,
+                stream=stream,
+                ca_file=settings.ca_file,
+                rate_limit_wait_s=rate_limit_wait_s,
             )
             nursery.start_soon(client._read_frames)
             try:
