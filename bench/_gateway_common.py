@@ -4,14 +4,16 @@ Servers under test run in child processes started from this file:
 
 - ``python bench/_gateway_common.py fetchml CONFIG`` runs :func:`fetchml.gateway.run_server` on a
   YAML server config (written by :func:`fetchml_server`: temp data dir, a hand-written auth file
-  with bcrypt rounds 4, a free port on 127.0.0.1);
+  with bcrypt rounds 4, a free port on 127.0.0.1); with ``$FETCHML_BENCH_PROFILE`` set to a folder
+  it runs under cProfile and writes ``fetchml-PORT.prof`` there when it stops;
 - ``python bench/_gateway_common.py bare PORT`` runs the baseline: a bare QuartTrio app served by
   ``hypercorn.trio.serve`` with the gateway's own hypercorn settings and start-up patches, with a
   WebSocket echo at ``/ws`` and a JSON POST route at ``/api/v1/jobs``.
 
 The clients are deliberately thin (plain sockets and ``selectors``, hand-rolled WebSocket framing,
 msgspec decoding of only the fields they read) so that on a 2-core machine they take as little CPU
-from the server as possible; the baseline is always driven by the very same client.
+from the server as possible; the baseline is always driven by the very same client.  Given an
+``ssl_context``, the WebSocket client speaks ``wss://`` (the plain path is unchanged).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -65,6 +68,8 @@ START_TIMEOUT_S = 30.0
 FANOUT_BUFFER = 1000  # as the server's default subscriber_buffer
 FANOUT_EVENTS = 3  # events the fan-out baseline announces per request
 STOP_TIMEOUT_S = 15.0
+# Set to a folder, each fetchml server child runs under cProfile and leaves fetchml-PORT.prof there.
+PROFILE_ENV = "FETCHML_BENCH_PROFILE"
 _HERE = Path(__file__).resolve()
 
 
@@ -186,14 +191,22 @@ class Keys:
     alice: str
 
 
-def _write_auth_file(path: Path) -> Keys:
-    """A hand-written auth file in the documented YAML shape, hashes at bcrypt rounds 4."""
+def _write_auth_file(path: Path, settings: dict[str, Any] | None = None) -> Keys:
+    """A hand-written auth file in the documented YAML shape, hashes at bcrypt rounds 4.
+
+    ``settings`` adds keys to the ``auth:`` section (``ip_whitelist``), each written as JSON.
+    """
     from fetchml.auth import generate_key, hash_key
 
     admin, alice = generate_key()[1], generate_key()[1]
+    more = "".join(
+        f"  {name}: {msgspec.json.encode(value).decode()}\n"
+        for name, value in (settings or {}).items()
+    )
     path.write_text(
         "auth:\n"
         "  enabled: true\n"
+        f"{more}"
         "  api_keys:\n"
         "    admin:\n"
         f'      hash: "{hash_key(admin, BENCH_ROUNDS)}"\n'
@@ -213,10 +226,12 @@ def fetchml_server(
     scheduler: dict[str, Any],
     server: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Server, Keys, Path]]:
     """Run ``run_server`` in a child process on a free port; yield (server, keys, data dir).
 
-    ``extra`` adds top-level config sections; everything else is the server's default.
+    ``extra`` adds top-level config sections and ``auth`` keys of the auth file's ``auth:``
+    section; everything else is the server's default.
 
     ``folder`` holds the config, the auth file, the log and the data dir.  On exit the server is
     stopped and any job process it left running is killed.
@@ -224,7 +239,7 @@ def fetchml_server(
     port = free_port()
     data_dir = folder / "data"
     auth_path = folder / "auth.yaml"
-    keys = _write_auth_file(auth_path)
+    keys = _write_auth_file(auth_path, auth)
     settings = {"host": HOST, "port": port, **(server or {})}
     config = {
         "data_dir": str(data_dir),
@@ -233,6 +248,9 @@ def fetchml_server(
         "scheduler": {"gpus": [], **scheduler},
         "executor": {"kill_grace_s": 1.0},
         "logging": {"level": "warning"},
+        # One key sends thousands of requests a second here: the per-key rate limit (on by
+        # default) would throttle the measurement itself, so it is off unless a bench sets it.
+        "limits": {"enabled": False},
         **(extra or {}),
     }
     config_path = folder / "server.yaml"
@@ -278,7 +296,20 @@ def _run_fetchml(config_path: str) -> None:
     raise_fd_limit()
     config = load_config(config_path)
     setup_logging(config.logging.level, config.logging.format)
-    trio.run(run_server, config)
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if not profile_dir:
+        trio.run(run_server, config)
+        return
+    import cProfile
+
+    # The default (wall) clock: the event loop's idle time shows as epoll's, and worker threads
+    # (the store's commits, the audit log's writes) are not profiled.  time.thread_time would
+    # count CPU only, but costs a system call per event here and triples the server's CPU.
+    profile = cProfile.Profile()
+    try:
+        profile.runcall(trio.run, run_server, config)
+    finally:
+        profile.dump_stats(Path(profile_dir) / f"fetchml-{config.server.port}.prof")
 
 
 def _run_bare(port: int) -> None:
@@ -452,11 +483,26 @@ def close_reason(payload: bytes) -> str:
 
 
 def ws_connect(
-    port: int, key: str | None, *, path: str = "/ws", timeout: float = 30.0
+    port: int,
+    key: str | None,
+    *,
+    path: str = "/ws",
+    timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[socket.socket, bytes]:
-    """Open a WebSocket to ``path`` (key in ``Authorization``); return (socket, bytes after it)."""
+    """Open a WebSocket to ``path`` (key in ``Authorization``); return (socket, bytes after it).
+
+    With ``ssl_context`` it is ``wss://``: the socket is an :class:`ssl.SSLSocket`, its
+    certificate checked for ``HOST``.
+    """
     sock = socket.create_connection((HOST, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ssl_context is not None:
+        try:
+            sock = ssl_context.wrap_socket(sock, server_hostname=HOST)
+        except BaseException:
+            sock.close()
+            raise
     nonce = base64.b64encode(os.urandom(16)).decode()
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
     sock.sendall(
@@ -487,9 +533,11 @@ def close_ws(sock: socket.socket) -> None:
     sock.close()
 
 
-def ws_call(port: int, key: str, request: dict[str, Any]) -> Reply:
+def ws_call(
+    port: int, key: str, request: dict[str, Any], *, ssl_context: ssl.SSLContext | None = None
+) -> Reply:
     """One request on a fresh connection; the reply (raises if it is an error)."""
-    sock, rest = ws_connect(port, key)
+    sock, rest = ws_connect(port, key, ssl_context=ssl_context)
     try:
         parser = FrameParser()
         sock.sendall(client_frame(msgspec.msgpack.encode(request)))
@@ -511,13 +559,18 @@ def ws_call(port: int, key: str, request: dict[str, Any]) -> Reply:
         close_ws(sock)
 
 
-def start_holder(port: int, keys: Keys, spec: dict[str, Any]) -> int:
+def start_holder(
+    port: int, keys: Keys, spec: dict[str, Any], *, ssl_context: ssl.SSLContext | None = None
+) -> int:
     """Submit ``spec`` (a job that holds every cpu) and wait until it runs; its job id."""
-    reply = ws_call(port, keys.alice, {"op": "submit", "id": 1, "spec": spec})
+    reply = ws_call(
+        port, keys.alice, {"op": "submit", "id": 1, "spec": spec}, ssl_context=ssl_context
+    )
     assert reply.job is not None
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        status = ws_call(port, keys.admin, {"op": "status", "id": 2}).status
+        request = {"op": "status", "id": 2}
+        status = ws_call(port, keys.admin, request, ssl_context=ssl_context).status
         assert status is not None
         if status["counts"].get("running"):
             return int(reply.job["id"])
@@ -572,8 +625,8 @@ class _Pipe:
             try:
                 sent = self.sock.send(self.out)
                 del self.out[:sent]
-            except BlockingIOError:
-                pass
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                pass  # a TLS retry may send a longer ``out``: it only ever grows at the end
         mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0)
         if mask != self.mask:
             sel.modify(self.sock, mask, self)
@@ -587,15 +640,18 @@ def pipelined_run(
     *,
     window: int,
     timeout: float = 90.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> PipelineResult:
     """Send ``frames[i]`` on connection ``i``, at most ``window`` unanswered per connection.
 
     Every frame is ``(request id, bytes)``; the run ends when every request is answered.  The
-    clock runs from the first send to the last reply; connecting is not timed.
+    clock runs from the first send to the last reply; connecting is not timed.  With
+    ``ssl_context`` the connections are ``wss://``.
     """
+    tls = ssl_context is not None
     pipes = []
     for conn_frames in frames:
-        sock, rest = ws_connect(port, key)
+        sock, rest = ws_connect(port, key, ssl_context=ssl_context)
         sock.setblocking(False)
         pipes.append(_Pipe(sock, rest, conn_frames))
     sel = selectors.DefaultSelector()
@@ -617,10 +673,15 @@ def pipelined_run(
                     pipe.flush(sel)
                 if not events & selectors.EVENT_READ:
                     continue
-                try:
-                    data = pipe.sock.recv(1 << 18)
-                except BlockingIOError:
-                    continue
+                if tls:
+                    data = _recv_tls(pipe.sock)
+                    if data is None:
+                        continue
+                else:
+                    try:
+                        data = pipe.sock.recv(1 << 18)
+                    except BlockingIOError:
+                        continue
                 if not data:
                     raise ConnectionError("the server closed a connection mid-run")
                 now = time.perf_counter()
@@ -645,6 +706,26 @@ def pipelined_run(
         for pipe in pipes:
             close_ws(pipe.sock)
     return result
+
+
+def _recv_tls(sock: socket.socket) -> bytes | None:
+    """All a non-blocking TLS socket can give now: b"" at its end, None if not one whole record.
+
+    One ``recv`` returns at most one TLS record, and bytes OpenSSL holds already (``pending()``)
+    are in no kernel buffer, so the selector would not report them: read until it wants more.
+    """
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(1 << 18)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            break
+        if not data:
+            if chunks:
+                break  # the end is reported by the next call
+            return b""
+        chunks.append(data)
+    return b"".join(chunks) if chunks else None
 
 
 # --- a lean keep-alive HTTP client (used when wrk is not installed) ------------------------------

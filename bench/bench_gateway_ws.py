@@ -20,6 +20,7 @@ Run: ``.venv/bin/python bench/bench_gateway_ws.py``.
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,10 +68,12 @@ def build_frames(jobs: int, first_id: int) -> list[list[tuple[int, bytes]]]:
     return frames
 
 
-def run(server: Server, key: str, jobs: int, first_id: int) -> Run:
+def run(
+    server: Server, key: str, jobs: int, first_id: int, ssl_context: ssl.SSLContext | None = None
+) -> Run:
     frames = build_frames(jobs, first_id)
     cpu = server.cpu_seconds()
-    result = pipelined_run(server.port, key, frames, window=WINDOW)
+    result = pipelined_run(server.port, key, frames, window=WINDOW, ssl_context=ssl_context)
     cpu = server.cpu_seconds() - cpu
     if result.errors:
         raise RuntimeError(f"{result.errors} errors, e.g. {result.first_error}")
