@@ -7,9 +7,10 @@ previous line's bytes, without its newline (64 zeros for the first line).  Key m
 written.  Editing, removing or reordering a line breaks the chain; :func:`verify_chain` names the
 first line where it breaks.
 
-Writes are batched: callers queue entries and wait; one writer task appends every queued entry
-with a single write and flush in a worker thread, then wakes them.  So an entry is on disk (in
-the OS) before the action it records is acknowledged, and a burst of submits costs one write.
+Writes are batched: callers queue entries and wait; one writer task encodes, chains and appends
+every queued entry with a single write and flush in a worker thread, then wakes them.  So an
+entry is on disk (in the OS) before the action it records is acknowledged, and a burst of submits
+costs one write.
 """
 
 from __future__ import annotations
@@ -19,61 +20,74 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
 import trio
 
 __all__ = ["GENESIS", "AuditLog", "VerifyResult", "source_address", "verify_chain"]
 
 GENESIS = "0" * 64
+# Entries waiting for one write before further callers wait for it to finish.
+MAX_BATCH = 4096
+_encoder = msgspec.json.Encoder()
 # The client address of the request or WebSocket being served (set by the security hooks).
 source_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "fetchml_source_address", default=None
 )
 
 
-class _Pending:
-    __slots__ = ("done", "entry", "error")
+class _Batch:
+    """Entries waiting for the writer, and the event their callers wait on together."""
 
-    def __init__(self, entry: dict[str, Any]) -> None:
-        self.entry = entry
+    __slots__ = ("done", "entries", "error")
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
         self.done = trio.Event()
         self.error: OSError | None = None
 
 
 class AuditLog:
-    """Appends hash-chained entries to ``path``; run :meth:`run` in a nursery (``start``)."""
+    """Appends hash-chained entries to ``path``; run :meth:`run` in a nursery (``start``).
+
+    Callers of :meth:`record` add their entry to the current batch and wait on that batch's one
+    event; the writer task encodes, chains and appends a whole batch in a worker thread, so the
+    event loop pays a dict and a list append per entry, not an encode, a hash and an event.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._send, self._receive = trio.open_memory_channel[_Pending](1024)
         self._file: BinaryIO | None = None
         self._prev = GENESIS
         self._seq = 0
+        self._batch = _Batch()
+        self._wake = trio.Event()
+        self._written = trio.Event()  # set after each batch: room for callers held back
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the file (continuing its chain) and write queued entries until cancelled."""
+        """Open the file (continuing its chain) and write batches until cancelled.
+
+        Waits on new entries and on the worker thread that writes them; closes the file when
+        cancelled.  A write that fails raises OSError in the callers of that batch, not here.
+        """
         await trio.to_thread.run_sync(self._open)
         task_status.started()
         try:
             while True:
-                batch = [await self._receive.receive()]
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                lines = [self._line(pending.entry) for pending in batch]
-                error: OSError | None = None
+                await self._wake.wait()
+                self._wake = trio.Event()
+                batch, self._batch = self._batch, _Batch()
                 try:
-                    await trio.to_thread.run_sync(self._write, lines)
+                    await trio.to_thread.run_sync(self._write, batch.entries)
                 except OSError as exc:
-                    error = exc
-                for pending in batch:
-                    pending.error = error
-                    pending.done.set()
+                    batch.error = exc
+                batch.done.set()
+                written, self._written = self._written, trio.Event()
+                written.set()
         finally:
             if self._file is not None:
                 self._file.close()
@@ -92,9 +106,13 @@ class AuditLog:
         """Append one entry and wait until it is written.  Raises OSError if it could not be.
 
         ``detail`` (what a config change touched, or why it was refused) is added when given.
+        Waits for the batch it joins to be written, and first, while :data:`MAX_BATCH` entries
+        are already waiting, for the batch before to be written.
         """
+        while len(self._batch.entries) >= MAX_BATCH:
+            await self._written.wait()
         entry: dict[str, Any] = {
-            "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds"),
+            "ts": time.time(),
             "user": user,
             "source": source if source is not None else source_address.get(),
             "action": action,
@@ -104,19 +122,27 @@ class AuditLog:
         }
         if detail is not None:
             entry["detail"] = detail
-        pending = _Pending(entry)
-        await self._send.send(pending)
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
+        batch = self._batch
+        batch.entries.append(entry)
+        self._wake.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
 
-    def _line(self, entry: dict[str, Any]) -> bytes:
-        self._seq += 1
-        line = json.dumps(
-            {"seq": self._seq, **entry, "prev": self._prev}, separators=(",", ":")
-        ).encode()
-        self._prev = hashlib.sha256(line).hexdigest()
-        return line
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        """Encode, chain and append ``entries``; runs in a worker thread, one batch at a time."""
+        assert self._file is not None
+        lines = []
+        for entry in entries:
+            self._seq += 1
+            when = datetime.datetime.fromtimestamp(entry["ts"], datetime.UTC)
+            entry["ts"] = when.isoformat(timespec="microseconds")
+            line = _encoder.encode({"seq": self._seq, **entry, "prev": self._prev})
+            self._prev = hashlib.sha256(line).hexdigest()
+            lines.append(line)
+        lines.append(b"")
+        self._file.write(b"\n".join(lines))
+        self._file.flush()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,11 +155,6 @@ class AuditLog:
                 self._seq = _count_lines(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "ab")
-
-    def _write(self, lines: list[bytes]) -> None:
-        assert self._file is not None
-        self._file.write(b"".join(line + b"\n" for line in lines))
-        self._file.flush()
 
 
 def _last_line(path: Path) -> bytes | None:

@@ -14,6 +14,8 @@ the client disconnects), which then fails with ``trio.BusyResourceError`` and an
 2. Oversized WebSocket frames: see :func:`_apply_frame_limit_fix`.
 
 3. Connections that cannot be cancelled: see :func:`abort_connections`.
+
+4. One write for many frames: see :func:`_apply_write_coalescing`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.tcp_server import TCPServer
 from wsproto.connection import ConnectionState
@@ -31,6 +34,8 @@ from wsproto.connection import ConnectionState
 __all__ = ["CLOSE_TIMEOUT_S", "abort_connections", "apply"]
 
 CLOSE_TIMEOUT_S = 5.0
+# Bytes the tasks of one connection may queue behind a write in progress before they wait.
+COALESCE_LIMIT = 256 * 1024
 CLOSE_TOO_BIG = 1009
 _MARK = "_fetchml_shielded_close"
 
@@ -56,6 +61,7 @@ def apply() -> None:
     TCPServer._close = _close  # type: ignore[method-assign]
     _apply_frame_limit_fix()
     _apply_connection_registry()
+    _apply_write_coalescing()
     setattr(TCPServer, _MARK, True)
 
 
@@ -79,6 +85,65 @@ def _apply_frame_limit_fix() -> None:
             await self.app_put({"type": "websocket.disconnect", "code": CLOSE_TOO_BIG})
 
     WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+
+
+class _Outgoing:
+    """The bytes queued on one connection behind the write in progress."""
+
+    __slots__ = ("data", "written")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.written = trio.Event()  # set (and replaced) after every write
+
+
+def _apply_write_coalescing() -> None:
+    """Send what several tasks queue on one connection in one write.
+
+    hypercorn writes every frame with its own ``send_all`` under a lock, so each WebSocket reply
+    costs a lock hand-over, a system call and, with TLS, a TLS record through trio's pure-Python
+    ``SSLStream``; under load that per-write cost dominates (bench/bench_gateway_security.py).
+    Here a task that finds a write in progress appends its bytes to the connection's queue and
+    returns (or, past :data:`COALESCE_LIMIT`, waits for room): the writing task sends everything
+    queued, in order, before it lets go.  Order is kept because appending never waits.  A
+    failed write drops the queue and tells the protocol the connection closed, as hypercorn does.
+    """
+    original: Callable[[Any, Event], Awaitable[None]] = TCPServer.protocol_send
+
+    async def protocol_send(self: TCPServer, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await original(self, event)
+            return
+        outgoing: _Outgoing | None = getattr(self, "_fetchml_outgoing", None)
+        if outgoing is None:
+            outgoing = self._fetchml_outgoing = _Outgoing()  # type: ignore[attr-defined]
+        outgoing.data += event.data
+        lock: trio.Lock = self.send_lock
+        if lock.locked():
+            while len(outgoing.data) > COALESCE_LIMIT and lock.locked():
+                await outgoing.written.wait()
+            return
+        async with lock:
+            await _write_queued(self, outgoing)
+
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+
+
+async def _write_queued(server: TCPServer, outgoing: _Outgoing) -> None:
+    """Write ``outgoing`` until it stays empty; the caller holds the connection's send lock."""
+    while outgoing.data:
+        chunk = bytes(outgoing.data)
+        outgoing.data.clear()
+        try:
+            with trio.CancelScope(shield=True):
+                await server.stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            outgoing.data.clear()
+            await server.protocol.handle(Closed())
+            return
+        finally:
+            written, outgoing.written = outgoing.written, trio.Event()
+            written.set()
 
 
 # Connections being served, so that abort_connections can find them.

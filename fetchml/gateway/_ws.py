@@ -6,7 +6,8 @@ handled before the next frame is read, so a client that subscribes and then subm
 events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
 up lets its subscription fall behind, which the notifier answers by dropping it, and the
 connection is then closed with a reason (1008).  At shutdown every connection is closed with 1001.
-A connection's frames go out one send at a time, in order (see :class:`_Outbox`).
+Frames that several tasks send at once go out together, in order, in one write (the gateway's
+write coalescing, ``_hypercorn_fix``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -55,8 +55,6 @@ log = logging.getLogger("fetchml.gateway")
 
 # Requests of one connection being processed at once; reading waits beyond that.
 MAX_IN_FLIGHT = 64
-# Frames queued behind a send in progress on one connection; senders wait beyond that.
-OUTBOX_SIZE = MAX_IN_FLIGHT
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
@@ -80,18 +78,16 @@ class Connection:
         self._next_sub = 1
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
-        self._outbox: _Outbox | None = None
+        self._ws: Websocket | None = None
 
     async def serve(self) -> None:
         """Read and answer frames until the peer disconnects or the server closes.
 
         Waits on the socket.  Raises nothing but cancellation: errors become error replies.
         """
-        ws = websocket_ctx.websocket  # looked up once, not through the proxy on every frame
-        self._outbox = _Outbox(ws)
+        ws = self._ws = websocket_ctx.websocket  # looked up once, not through the proxy per frame
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._outbox.drain)
             nursery.start_soon(self._close_on_shutdown)
             if self._who is not None:
                 nursery.start_soon(self._watch_key)
@@ -144,8 +140,8 @@ class Connection:
         await self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _close(self, code: int, reason: str) -> None:
-        if self._outbox is not None:
-            await self._outbox.flush()  # what was sent before the close goes out before it
+        # Frames sent before the close are already queued on the connection, in order: the
+        # close frame goes out after them.
         await websocket.close(code, reason[:120])
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -297,72 +293,5 @@ class Connection:
         await self._send(codec, {"re": rid, "ok": False, "error": error_body(exc)})
 
     async def _send(self, codec: Codec, payload: Mapping[str, Any]) -> None:
-        assert self._outbox is not None
-        await self._outbox.send(codec.frame(payload))
-
-
-class _Outbox:
-    """Sends one connection's frames in order, whichever task they come from.
-
-    A frame that finds the connection idle is sent at once by its own task.  While a send is in
-    progress, frames queue (at most :data:`OUTBOX_SIZE`; beyond that their senders wait) and
-    :meth:`drain` sends them in order, without their tasks waiting for it.  So a burst of replies
-    (one commit answers many requests) does not contend for the socket frame by frame, and an
-    event forwarder on an idle connection pays for no hand-over to another task.
-    """
-
-    def __init__(self, ws: Websocket) -> None:
-        self._ws = ws
-        self._queue: deque[bytes | str | trio.Event] = deque()  # an Event: a flush marker
-        self._room = trio.Semaphore(OUTBOX_SIZE)
-        self._busy = False  # a send is in progress
-        self._wake = trio.Event()
-
-    async def send(self, frame: bytes | str) -> None:
-        """Send ``frame`` now if the connection is idle, else queue it.
-
-        Waits on the socket (sending itself) or while the queue is full.
-        """
-        if not self._busy and not self._queue:
-            self._busy = True
-            try:
-                await self._ws.send(frame)
-            finally:
-                self._busy = False
-                if self._queue:
-                    self._wake.set()
-            return
-        try:
-            self._room.acquire_nowait()
-        except trio.WouldBlock:
-            await self._room.acquire()
-        self._enqueue(frame)
-
-    async def flush(self) -> None:
-        """Wait until every frame sent or queued so far has gone out."""
-        if self._busy or self._queue:
-            done = trio.Event()
-            self._enqueue(done)
-            await done.wait()
-
-    def _enqueue(self, item: bytes | str | trio.Event) -> None:
-        self._queue.append(item)
-        if not self._busy:
-            self._wake.set()  # else whoever is sending wakes the drain when done
-
-    async def drain(self) -> None:
-        """Send queued frames, in order, until cancelled.  Run it in the connection's nursery."""
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            while self._queue and not self._busy:
-                item = self._queue.popleft()
-                if isinstance(item, trio.Event):
-                    item.set()
-                    continue
-                self._busy = True
-                try:
-                    await self._ws.send(item)
-                finally:
-                    self._busy = False
-                    self._room.release()
+        assert self._ws is not None
+        await self._ws.send(codec.frame(payload))
