@@ -355,7 +355,7 @@ async def test_sighup_reloads_the_auth_file(tmp_path: Path) -> None:
                 for line in audit.read_text().splitlines()
                 if '"auth.reload"' in line
             )
-            assert (entry["outcome"], entry["source"]) == ("ok", "auth file (signal)")
+            assert (entry["outcome"], entry["source"]) == ("ok", "auth file, reloaded on SIGHUP")
             assert "received SIGHUP" in server.stderr
             server.signal(signal.SIGTERM)
             assert await server.wait() == 0

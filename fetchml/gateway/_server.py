@@ -105,7 +105,7 @@ def _auth_actor(config: Config, audit: AuditLog | None) -> AuthActor:
     async def audit_reload(report: ReloadReport) -> None:
         if audit is None:
             return
-        source = f"auth file ({report.trigger})"
+        source = "auth file, reloaded on " + ("SIGHUP" if report.trigger == "signal" else "change")
         if not report.ok:
             await audit.record(
                 "auth.reload",
