@@ -10,9 +10,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 import trio
+from helpers.auth_files import (
+    WITHIN,
+    audit_lines,
+    audited,
+    edit,
+    hashed,
+    keys_cli,
+    new_key,
+    until,
+)
 from helpers.gateway import (
     HttpSession,
     ServerProcess,
@@ -34,58 +43,7 @@ from fetchml.auth import (
     load_auth_file,
     parse_auth_config,
 )
-from fetchml.cli import main as fetchml_main
 from fetchml.errors import AuthError
-
-# A revoked key's connections close within POLL_INTERVAL_S plus the close; allow for a busy CI.
-WITHIN = 5.0
-
-
-def hashed(key: str) -> str:
-    return bcrypt.hashpw(key.encode(), bcrypt.gensalt(4)).decode()
-
-
-def new_key(auth_file: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
-    """``fetchml keys new`` for real; returns (key id, key)."""
-    code = fetchml_main(["keys", "new", *args, "--auth-file", str(auth_file), "--rounds", "4"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    key = out.strip()
-    return key.split("_")[1], key
-
-
-def keys_cli(auth_file: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    code = fetchml_main(["keys", *args, "--auth-file", str(auth_file)])
-    out, err = capsys.readouterr()
-    return code, out + err
-
-
-def audit_lines(config: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in config.audit_path.read_bytes().splitlines()]
-
-
-def audited(config: Any, action: str, key_id: str) -> bool:
-    """Whether the audit log has ``action`` for ``key_id`` (the server applied the change)."""
-    entries = audit_lines(config) if config.audit_path.exists() else []
-    return any(
-        e["action"] == action and (e.get("detail") or {}).get("key_id") == key_id for e in entries
-    )
-
-
-async def until(predicate: Any, within: float = WITHIN) -> None:
-    with trio.fail_after(within):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
-
-
-def edit(path: Path, old: str, new: str) -> str:
-    """Replace ``old`` by ``new`` once in the file; return the text it had before."""
-    text = path.read_text()
-    path.write_text(text.replace(old, new, 1))
-    return text
-
 
 # ---- the auth config and the actor --------------------------------------------------------------
 
@@ -198,6 +156,44 @@ async def test_reload_applies_a_valid_file_and_refuses_a_broken_one(tmp_path: Pa
         assert (await actor.authenticate(users.alice)).roles == ("analyst",)
     assert reports == [r for r in reports if r is not None]
     assert len(reports) == 3
+
+
+def make_unreachable(folder: Path) -> None:
+    """Put a file where the auth file's folder was: the file cannot even be looked at."""
+    folder.rename(folder.with_name("moved"))
+    folder.write_text("")
+
+
+async def test_the_actor_survives_a_failed_audit_and_an_unreadable_file(tmp_path: Path) -> None:
+    users = Users()
+    path = users.write(tmp_path / "conf" / "auth.yaml")
+    reports: list[ReloadReport] = []
+
+    async def on_reload(report: ReloadReport) -> None:
+        reports.append(report)
+        raise OSError(28, "No space left on device")
+
+    actor = AuthActor(
+        load_auth_file(path), source=AuthFile(path), on_reload=on_reload, poll_interval_s=0.05
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(actor.run)
+            edit(path, "roles: [researcher]", "roles: [analyst]")
+            await until(lambda: len(reports) == 1)
+            assert reports[0].ok  # applied, though it could not be recorded
+            path.chmod(0o620)  # group-writable: anyone in the group could make themselves admin
+            await until(lambda: len(reports) == 2)
+            assert not reports[1].ok
+            assert reports[1].error is not None
+            assert "writable by group or others (mode 620)" in reports[1].error
+            make_unreachable(path.parent)
+            await until(lambda: len(reports) == 3)
+            assert "cannot read" in (reports[2].error or "")
+            await trio.sleep(0.3)
+            assert len(reports) == 3  # the same problem is reported once, not every poll
+            nursery.cancel_scope.cancel()
+    assert (await actor.authenticate(users.alice)).roles == ("analyst",)
 
 
 # ---- the CLI ------------------------------------------------------------------------------------

@@ -123,11 +123,37 @@ def test_a_spray_of_addresses_stays_bounded() -> None:
     guard.failed("10.0.0.1")
     guard.failed("10.0.0.1")
     for n in range(1000):
-        guard.failed(f"fd00::{n:x}")
+        guard.failed(f"10.1.{n // 256}.{n % 256}")
     assert len(guard) == 100
     # The least recently seen went first.
     assert guard.banned_for("10.0.0.1") == 0.0
-    assert guard.failed("fd00::3e7") is True
+    assert guard.failed("10.1.3.231") is True
+
+
+def test_ipv6_addresses_of_one_64_share_a_ban() -> None:
+    clock = FakeClock()
+    guard = AddressGuard(3, 10.0, 60.0, clock=clock)
+    assert guard.failed("2001:db8:1:2::1") is False
+    assert guard.failed("2001:db8:1:2:ffff::9") is False
+    assert guard.failed("2001:db8:1:2:abcd::7") is True  # the third from the same /64
+    assert guard.banned_for("2001:db8:1:2::42") > 0
+    assert guard.banned_for("2001:db8:1:3::1") == 0.0  # the next /64 is someone else
+    assert guard.banned_for("::ffff:10.0.0.1") == guard.banned_for("10.0.0.1") == 0.0
+
+
+def test_concurrent_key_checks_are_bounded_by_the_failures_left() -> None:
+    clock = FakeClock()
+    guard = AddressGuard(3, 10.0, 60.0, clock=clock)
+    guard.failed("10.0.0.1")
+    assert guard.begin_check("10.0.0.1", b"a")
+    assert guard.begin_check("10.0.0.1", b"a")  # the same key shares its check
+    assert guard.begin_check("10.0.0.1", b"b")
+    assert not guard.begin_check("10.0.0.1", b"c")  # 1 failure + 2 under way = 3
+    assert guard.begin_check("10.0.0.2", b"c")  # another address is not affected
+    guard.end_check("10.0.0.1", b"b")
+    assert guard.begin_check("10.0.0.1", b"c")
+    clock.now += 10.1  # the failure leaves the window
+    assert guard.begin_check("10.0.0.1", b"d")
 
 
 def test_limits_settings_defaults_and_validation(tmp_path: Path) -> None:
@@ -301,6 +327,34 @@ async def test_wrong_keys_ban_the_address_until_the_ban_ends(
     ban = summary.index(("ban", None, "refused", "rate_limited"))
     assert summary[ban - 8 : ban] == [("auth", None, "refused", "unauthorized")] * 8
     assert summary[ban + 1 :] == [("auth", None, "refused", "rate_limited")] * 3
+
+
+async def test_concurrent_wrong_keys_cost_no_more_checks_than_the_ban_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = Users()
+    config = make_server_config(tmp_path, users, limits={**BAN, "ban_s": 60.0})
+    checked: set[bytes] = set()
+    checkpw = AuthActor._checkpw
+
+    def counted(self: AuthActor, key: bytes, hashed: bytes) -> bool:
+        checked.add(key)
+        return checkpw(self, key, hashed)
+
+    monkeypatch.setattr(AuthActor, "_checkpw", counted)
+    statuses: list[int] = []
+    async with serve(config) as base:
+
+        async def guess(n: int) -> None:
+            statuses.append((await http(base, "GET", WHOAMI, key=f"guess-{n}")).status)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(guess, n)
+    assert len(checked) <= BAN["auth_failures"]  # bcrypt ran for at most that many guesses
+    assert statuses.count(401) == len(checked)
+    assert statuses.count(429) == 30 - len(checked)
 
 
 async def test_a_banned_address_gets_a_clear_message_from_ml(tmp_path: Path) -> None:

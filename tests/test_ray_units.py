@@ -243,6 +243,12 @@ class _FakeCluster(Backend[_FakeRun]):
         self.fail_next_start = False
         self.most_at_once = 0
 
+    async def finish(self, job_id: int) -> None:
+        """End the run of ``job_id`` successfully, once it has started: the job is marked
+        running when the executor takes it, a moment before the backend's ``start`` runs."""
+        await until(lambda: job_id in self.runs)
+        self.runs[job_id].done.set()
+
     async def capacity(self) -> Capacity:
         return self.now
 
@@ -303,10 +309,10 @@ async def test_an_unreachable_cluster_queues_jobs_and_says_so(
             status = await scheduler.status()
             assert status.backend_status is None
             assert (status.cpus_total, status.gpus_total) == (8, [0, 1, 2, 3])
-            fake_cluster.runs[job.id].done.set()
+            await fake_cluster.finish(job.id)
             assert (await scheduler.wait(job.id)).state is JobState.SUCCEEDED
             await until_state(scheduler, free.id, JobState.RUNNING)
-            fake_cluster.runs[free.id].done.set()
+            await fake_cluster.finish(free.id)
             too_big = {"command": ["x"], "resources": {"gpus": 5}}
             with pytest.raises(fetchml.InvalidSpecError):
                 await scheduler.submit(too_big, user="a")
@@ -331,7 +337,7 @@ async def test_a_start_on_an_unreachable_cluster_requeues_without_spending_a_ret
             assert (await scheduler.status()).backend_status is not None
             fake_cluster.now = Capacity(cpus=2, memory_mb=1000, gpus=0)  # back
             await until_state(scheduler, job.id, JobState.RUNNING)
-            fake_cluster.runs[job.id].done.set()
+            await fake_cluster.finish(job.id)
             done = await scheduler.wait(job.id)
             assert (done.state, done.attempts, done.requeues) == (JobState.SUCCEEDED, 1, 0)
 

@@ -167,7 +167,8 @@ class AuthActor:
 
         Without ``force`` an unchanged file is not re-read.  Returns the report (also passed to
         ``on_reload``), or ``None`` when nothing was read or nothing changed.  Waits on a worker
-        thread (file I/O) and on ``on_reload``.  Raises only what ``on_reload`` raises.
+        thread (file I/O) and on ``on_reload``; an OSError of ``on_reload`` is logged.  Raises
+        only cancellation.
         """
         source = self._source
         if source is None:
@@ -189,7 +190,12 @@ class AuthActor:
             log.info("auth file reloaded: %d change(s)", len(changes))
             report = ReloadReport(ok=True, trigger=trigger, changes=changes)
         if self._on_reload is not None:
-            await self._on_reload(report)
+            try:
+                await self._on_reload(report)
+            except OSError as exc:
+                # The reload stands (the file says so); failing to record it must not take the
+                # server down with it.
+                log.error("could not record an auth reload: %s", exc)
         return report
 
     def replace(self, config: AuthConfig) -> tuple[AuthChange, ...]:
@@ -270,11 +276,10 @@ class AuthActor:
                     return principal
                 continue  # the config changed during the check: check against the new one
             await pending.done.wait()
-            if pending.principal is not None:
-                return self._unexpired(pending.principal)
             if pending.rejected:
                 raise AuthError(INVALID_KEY)
-            # The verifying task was cancelled or raced a reload: go round and take over.
+            # Verified (now in the cache, unless a reload since dropped it), cancelled, or
+            # raced by a reload: go round, asking the cache and the current config again.
 
     def _install(self, config: AuthConfig) -> None:
         """Index ``config``'s keys: by key id, the hand-written ones, and every principal."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +30,13 @@ from ._config import (
 from ._keys import DEFAULT_ROUNDS, generate_key, hash_key
 from ._permissions import ROLE_ADMIN
 
-__all__ = ["ensure_auth_file", "load_auth_file", "parse_auth_text", "write_auth_file"]
+__all__ = [
+    "check_private",
+    "ensure_auth_file",
+    "load_auth_file",
+    "parse_auth_text",
+    "write_auth_file",
+]
 
 FILE_MODE: Final = 0o600
 _HEADER: Final = (
@@ -63,6 +70,16 @@ class _StrictLoader(yaml.SafeLoader):
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def check_private(path: str | os.PathLike[str], mode: int) -> None:
+    """Refuse an auth file that others may write: whoever can write it can make themselves an
+    admin (and the server applies a change within a second).  Raises ``ConfigError``."""
+    if mode & 0o022:
+        raise ConfigError(
+            f"{os.fspath(path)}: writable by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"anyone who can write it can make themselves an admin: chmod 600 {os.fspath(path)}"
+        )
 
 
 def load_auth_file(path: str | os.PathLike[str]) -> AuthConfig:

@@ -19,7 +19,7 @@ import msgspec
 from fetchml.errors import ConfigError
 
 from ._config import AuthConfig, KeyEntry
-from ._file import parse_auth_text
+from ._file import check_private, parse_auth_text
 
 __all__ = ["POLL_INTERVAL_S", "AuthChange", "AuthFile", "ReloadReport", "diff_configs"]
 
@@ -27,7 +27,7 @@ __all__ = ["POLL_INTERVAL_S", "AuthChange", "AuthFile", "ReloadReport", "diff_co
 # about this long (plus the close itself).
 POLL_INTERVAL_S: Final = 1.0
 
-_Stat = tuple[int, int, int, int]
+_Stat = tuple[int, int, int, int, int]
 
 
 class AuthChange(msgspec.Struct, frozen=True):
@@ -64,14 +64,28 @@ class AuthFile:
         self._validate = validate
         self._stat: _Stat | None = None
         self._digest: bytes | None = None
+        self._last_error: str | None = None
 
     def read_if_changed(self, *, force: bool) -> AuthConfig | None:
         """Return the file's config if its content changed since the last call (or ``force``).
 
         Blocks on file I/O: run it in a worker thread.  Returns ``None`` when nothing changed.
-        Raises ``ConfigError`` naming the file and the field for a missing, unreadable or invalid
-        file; the same broken content is reported once, not on every poll.
+        Raises ``ConfigError`` naming the file and the field for a missing, unreadable, invalid
+        or group/world-writable file; the same problem is reported once, not on every poll.
         """
+        try:
+            config = self._read(force=force)
+        except ConfigError as exc:
+            if exc.message == self._last_error and not force:
+                return None
+            self._last_error = exc.message
+            raise
+        if config is not None:
+            self._last_error = None
+        return config
+
+    def _read(self, *, force: bool) -> AuthConfig | None:
+        """:meth:`read_if_changed` without the suppression of repeated errors."""
         stat = _stat(self.path)
         if stat == self._stat and not force:
             return None
@@ -98,11 +112,16 @@ class AuthFile:
 
 
 def _stat(path: Path) -> _Stat | None:
+    """The file's identity and version, ``None`` if it is missing.  Raises ConfigError for a
+    file that cannot be looked at (a directory on the way, no permission)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    check_private(path, st.st_mode)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev, st.st_mode)
 
 
 def diff_configs(old: AuthConfig, new: AuthConfig) -> tuple[AuthChange, ...]:

@@ -212,10 +212,21 @@ def _with_extensions(
         # CA:TRUE lets the certificate itself be the trust anchor clients are given.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
+        # Were it ever trusted as a CA beyond Fetch ML (a system trust store), its key could
+        # otherwise vouch for any host; constrained, it vouches for its own names only.
+        .add_extension(_name_constraints(names), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
     )
+
+
+def _name_constraints(names: _Names) -> x509.NameConstraints:
+    from cryptography import x509
+
+    subtrees: list[x509.GeneralName] = [x509.DNSName(name) for name in names.dns]
+    subtrees += [x509.IPAddress(ipaddress.ip_network(ip)) for ip in names.ips]
+    return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
 
 
 def _write_atomic(path: Path, data: bytes, *, mode: int, replace: bool) -> None:

@@ -46,6 +46,9 @@ def create_app(
         if key is not None:
             try:
                 principal = await service.authenticate(key)
+                # The upgrade is a request of the key's like any other.
+                if retry_after_s := service.over_limit(principal):
+                    await service.refuse_rate(principal, "websocket", retry_after_s)
             except (AuthError, RateLimitedError) as exc:
                 return _error_response(exc)
         await websocket.accept()

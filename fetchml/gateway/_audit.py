@@ -132,17 +132,20 @@ class AuditLog:
     def _write(self, entries: list[dict[str, Any]]) -> None:
         """Encode, chain and append ``entries``; runs in a worker thread, one batch at a time."""
         assert self._file is not None
+        seq, prev = self._seq, self._prev
         lines = []
         for entry in entries:
-            self._seq += 1
+            seq += 1
             when = datetime.datetime.fromtimestamp(entry["ts"], datetime.UTC)
             entry["ts"] = when.isoformat(timespec="microseconds")
-            line = _encoder.encode({"seq": self._seq, **entry, "prev": self._prev})
-            self._prev = hashlib.sha256(line).hexdigest()
+            line = _encoder.encode({"seq": seq, **entry, "prev": prev})
+            prev = hashlib.sha256(line).hexdigest()
             lines.append(line)
         lines.append(b"")
         self._file.write(b"\n".join(lines))
         self._file.flush()
+        # Only a batch that reached the file moves the chain on: the next one links to it.
+        self._seq, self._prev = seq, prev
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

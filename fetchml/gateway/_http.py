@@ -7,7 +7,8 @@ the status of the error class (see ``_app.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -75,8 +76,11 @@ def _decode_spec(body: bytes) -> JobSpec:
         raise InvalidRequestError(f"body: invalid JSON: {exc}") from None
 
 
-async def _next_chunk(chunks: AsyncIterator[bytes], closing: trio.Event) -> bytes | None:
-    """The next chunk, or None at the end or once ``closing`` is set (the wait is cancelled)."""
+async def _next_chunk(
+    chunks: AsyncIterator[bytes], closing: trio.Event, ended: Callable[[], Awaitable[object]]
+) -> bytes | None:
+    """The next chunk, or None at the end, once ``closing`` is set or once ``ended()`` returns
+    (the caller's key no longer holds); the wait is then cancelled."""
     chunk: bytes | None = None
     async with trio.open_nursery() as nursery:
 
@@ -85,12 +89,13 @@ async def _next_chunk(chunks: AsyncIterator[bytes], closing: trio.Event) -> byte
             chunk = await anext(chunks, None)
             nursery.cancel_scope.cancel()
 
-        async def stop_when_closing() -> None:
-            await closing.wait()
+        async def stop_when(event: Callable[[], Awaitable[object]]) -> None:
+            await event()
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(read)
-        nursery.start_soon(stop_when_closing)
+        nursery.start_soon(stop_when, closing.wait)
+        nursery.start_soon(stop_when, ended)
     return chunk
 
 
@@ -165,10 +170,12 @@ def register_http(
         offset = _int_arg("offset", 0, low=0) or 0
         follow = request.args.get("follow", "").lower() in ("1", "true", "yes")
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
+        # A followed log can stream for days: it ends when the key is revoked or expires.
+        ended = functools.partial(service.sessions.until_invalid, principal, request.remote_addr)
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                while (chunk := await _next_chunk(chunks, closing)) is not None:
+                while (chunk := await _next_chunk(chunks, closing, ended)) is not None:
                     yield chunk
             finally:
                 await chunks.aclose()  # type: ignore[attr-defined]

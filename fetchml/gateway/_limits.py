@@ -9,13 +9,15 @@ recently seen forgotten first, so a spray of source addresses cannot exhaust mem
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from .._config import LimitsSettings
 
-__all__ = ["MAX_ADDRESSES", "AddressGuard", "Limits", "RateLimiter"]
+__all__ = ["MAX_ADDRESSES", "AddressGuard", "Limits", "RateLimiter", "address_key"]
 
 Clock = Callable[[], float]
 
@@ -76,12 +78,28 @@ class RateLimiter:
         self._next_prune = now + PRUNE_INTERVAL_S
 
 
+@functools.lru_cache(maxsize=4096)
+def address_key(address: str) -> str:
+    """What the ban counts under: the address, or its /64 for IPv6, since one IPv6 host is
+    normally handed a whole /64 and could rotate through it."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 class _Address:
-    __slots__ = ("banned_until", "failures")
+    __slots__ = ("banned_until", "checking", "failures")
 
     def __init__(self, limit: int) -> None:
         self.failures: deque[float] = deque(maxlen=limit)
         self.banned_until = 0.0
+        self.checking: dict[bytes, int] = {}  # key digest -> requests waiting on its check
 
 
 class AddressGuard:
@@ -107,11 +125,49 @@ class AddressGuard:
 
     def banned_for(self, address: str) -> float:
         """Seconds left of ``address``'s ban, 0.0 when it is not banned."""
-        entry = self._table.get(address)
+        entry = self._table.get(address_key(address))
         if entry is None or not entry.banned_until:
             return 0.0
         left = entry.banned_until - self._clock()
         return left if left > 0 else 0.0
+
+    def begin_check(self, address: str, digest: bytes) -> bool:
+        """Reserve a check (bcrypt) of the key with SHA-256 ``digest`` from ``address``.
+
+        False when the address's recent failures plus the distinct keys being checked for it
+        already reach ``failures``: that many guesses would start a ban, so more at once are
+        not checked (requests with the same key share one check and one reservation).  Pair
+        every True with :meth:`end_check`.
+        """
+        entry = self._entry(address_key(address))
+        if digest in entry.checking:
+            entry.checking[digest] += 1
+            return True
+        now = self._clock()
+        recent = sum(1 for t in entry.failures if now - t <= self.window_s)
+        if recent + len(entry.checking) >= self.failures:
+            return False
+        entry.checking[digest] = 1
+        return True
+
+    def end_check(self, address: str, digest: bytes) -> None:
+        """Release a reservation of :meth:`begin_check`."""
+        entry = self._table.get(address_key(address))
+        if entry is None or digest not in entry.checking:
+            return  # forgotten meanwhile (evicted): nothing to release
+        entry.checking[digest] -= 1
+        if not entry.checking[digest]:
+            del entry.checking[digest]
+
+    def _entry(self, address: str) -> _Address:
+        entry = self._table.get(address)
+        if entry is None:
+            entry = self._table[address] = _Address(self.failures)
+            if len(self._table) > self._max:
+                self._table.popitem(last=False)
+        else:
+            self._table.move_to_end(address)
+        return entry
 
     def failed(self, address: str) -> bool:
         """Count a failed key from ``address``; True when this failure starts a ban.
@@ -120,13 +176,7 @@ class AddressGuard:
         ban began) are not counted.
         """
         now = self._clock()
-        entry = self._table.get(address)
-        if entry is None:
-            entry = self._table[address] = _Address(self.failures)
-            if len(self._table) > self._max:
-                self._table.popitem(last=False)
-        else:
-            self._table.move_to_end(address)
+        entry = self._entry(address_key(address))
         if entry.banned_until > now:
             return False
         times = entry.failures

@@ -9,17 +9,15 @@ those origins get ``Access-Control-Allow-Origin`` (and answered preflights).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from quart import Quart, Response, request, websocket
 
 from .._config import ServerSettings
-from ..auth import AuthConfig
-from ..auth._config import IPNetwork
 from ._audit import source_address
 from ._http import json_response
 from ._service import Service
+from ._sessions import ADDRESS_NOT_ALLOWED
 
 __all__ = ["SECURITY_HEADERS", "install_security"]
 
@@ -38,54 +36,22 @@ CORS_HEADERS = "Authorization, X-API-Key, Content-Type"
 CORS_MAX_AGE = "600"
 
 
-class _AllowList:
-    """``auth.ip_whitelist`` as networks, re-parsed only when the auth config changes."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-        self._config: AuthConfig | None = None
-        self._networks: tuple[IPNetwork, ...] = ()
-
-    def allows(self, address: str | None) -> bool:
-        config = self._service.auth.config
-        if config is not self._config:
-            self._config, self._networks = config, config.networks()
-        return address_allowed(self._networks, address)
-
-
-def address_allowed(networks: tuple[IPNetwork, ...], address: str | None) -> bool:
-    """Whether ``address`` is inside ``networks`` (always, when there are none)."""
-    if not networks:
-        return True
-    if address is None:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        candidates.append(ip.ipv4_mapped)
-    return any(c in net for c in candidates for net in networks if c.version == net.version)
-
-
 def install_security(app: Quart, settings: ServerSettings, service: Service) -> None:
     """Register the allow-list, header and CORS hooks on ``app`` (before any other hook)."""
     origins = frozenset(settings.cors_origins)
-    allow_list = _AllowList(service)
 
     async def refuse(address: str | None, what: str) -> Response:
         log.warning("refused %s from %s: address not allowed", what, address)
         if service.audit is not None:
             await service.audit.record(what, user=None, outcome="refused", code="forbidden")
         return json_response(
-            {"error": {"code": "forbidden", "message": "address not allowed"}}, status=403
+            {"error": {"code": "forbidden", "message": ADDRESS_NOT_ALLOWED}}, status=403
         )
 
     async def check_request() -> Response | None:
         address = request.remote_addr
         source_address.set(address)
-        if not allow_list.allows(address):
+        if not service.sessions.allows(address):
             return await refuse(address, f"{request.method} {request.path}")
         if request.method == "OPTIONS" and origins:
             origin = request.headers.get("Origin")
@@ -100,7 +66,7 @@ def install_security(app: Quart, settings: ServerSettings, service: Service) -> 
     async def check_websocket() -> Response | None:
         address = websocket.remote_addr
         source_address.set(address)
-        if not allow_list.allows(address):
+        if not service.sessions.allows(address):
             return await refuse(address, "websocket")
         return None
 

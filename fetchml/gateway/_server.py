@@ -126,6 +126,9 @@ def _auth_actor(config: Config, audit: AuditLog | None) -> AuthActor:
     if config.auth is not None:
         return AuthActor(initial)
     source = AuthFile(Path(config.auth_file), validate=lambda auth: _check_auth(config, auth))
+    # Read once more through the watcher, which then knows this version as seen (and refuses
+    # a file others may write).
+    initial = source.read_if_changed(force=True) or initial
     return AuthActor(initial, source=source, on_reload=audit_reload)
 
 

@@ -10,6 +10,7 @@ own jobs", and an analyst is told it lacks ``jobs:update``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn
@@ -28,7 +29,8 @@ from ..errors import (
     RateLimitedError,
 )
 from ._audit import AuditLog, source_address
-from ._limits import Limits
+from ._limits import AddressGuard, Limits
+from ._sessions import Sessions
 
 __all__ = ["MAX_JOB_ID", "Service"]
 
@@ -58,6 +60,7 @@ class Service:
         self.auth = auth
         self.audit = audit
         self.limits = Limits(limits)
+        self.sessions = Sessions(auth)
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for an API key.  Raises :class:`AuthError` (401), audited.
@@ -78,7 +81,12 @@ class Service:
                 if not self.auth.config.enabled:
                     return await self.auth.authenticate("")
                 raise AuthError("missing API key")
-            return await self.auth.authenticate(key)
+            cached = self.auth.authenticate_cached(key)
+            if cached is not None:
+                return cached
+            if guard is None or address is None:
+                return await self.auth.authenticate(key)
+            return await self._checked(guard, address, key)
         except AuthError as exc:
             # Counted before the audit write, so attempts racing this one already see a ban.
             ban = bool(key) and guard is not None and address is not None and guard.failed(address)
@@ -87,6 +95,26 @@ class Service:
             if ban and address is not None:
                 await self._start_ban(address)
             raise
+
+    async def _checked(self, guard: AddressGuard, address: str, key: str) -> Principal:
+        """Check ``key`` with bcrypt under ``address``'s reservation (see ``begin_check``).
+
+        Raises RateLimitedError, audited, when the address already has as many keys under check
+        as it may still get wrong before a ban; AuthError for a wrong key.
+        """
+        digest = hashlib.sha256(key.encode()).digest()
+        if not guard.begin_check(address, digest):
+            self.limits.refused["ban"] += 1
+            log.warning("refused a key check from %s: too many under way at once", address)
+            if self.audit is not None:
+                await self.audit.record("auth", user=None, outcome="refused", code="rate_limited")
+            raise RateLimitedError(
+                "too many API keys being checked at once from this address", retry_after_s=1.0
+            )
+        try:
+            return await self.auth.authenticate(key)
+        finally:
+            guard.end_check(address, digest)
 
     def over_limit(self, who: Principal) -> float:
         """Count one request of ``who``'s key: 0.0 if it may go ahead, else the seconds until

@@ -13,8 +13,6 @@ write coalescing, ``_hypercorn_fix``).
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -29,9 +27,11 @@ from ..errors import (
     AuthError,
     FetchMLError,
     InvalidRequestError,
+    PermissionDeniedError,
     RateLimitedError,
     SubscriberDroppedError,
 )
+from ._audit import source_address
 from ._service import Service
 from ._wire import (
     AuthOp,
@@ -78,6 +78,8 @@ class Connection:
         self._next_sub = 1
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
+        self._address = source_address.get()
+        self._watch_scope: trio.CancelScope | None = None
         self._ws: Websocket | None = None
 
     async def serve(self) -> None:
@@ -90,7 +92,7 @@ class Connection:
             self._nursery = nursery
             nursery.start_soon(self._close_on_shutdown)
             if self._who is not None:
-                nursery.start_soon(self._watch_key)
+                self._watch()
             while True:
                 # Quart hands an empty binary frame over as None (its type says otherwise).
                 data: bytes | str | None = await ws.receive()
@@ -113,27 +115,37 @@ class Connection:
                 else:
                     nursery.start_soon(self._answer_and_release, codec, request)
 
-    async def _watch_key(self) -> None:
-        """Close the connection (1008) once its key is revoked or expires.
+    def _watch(self) -> None:
+        """Watch the connection's current key from now on (ending the watch of the one before)."""
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+        scope = self._watch_scope = trio.CancelScope()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch_key, scope)
 
-        Waits for a change of the auth config or the key's expiry, whichever comes first, then
-        asks the auth actor whether the key still holds; a key that does (a change that did not
-        touch it) may come back with new roles, which later ops use.
+    async def _watch_key(self, scope: trio.CancelScope) -> None:
+        """Close the connection (1008) once its key no longer holds; follow role changes.
+
+        Checks at once (a reload may have come between authentication and now), then after every
+        reload and at the key's expiry.  A revoked or expired key, auth switched on under an
+        anonymous connection or an address taken off the allow-list closes it with the reason.
+        New roles apply to later ops; a connection with open subscriptions is closed instead
+        ("roles changed"), as its subscriptions were authorized under the old ones.
         """
-        auth = self._service.auth
-        while True:
+        sessions = self._service.sessions
+        with scope:
             who = self._who
             assert who is not None
-            changed = auth.changed
-            deadline = math.inf if who.expires_at is None else who.expires_at - time.time()
-            with trio.move_on_after(max(deadline, 0.0)):
-                await changed.wait()
             try:
-                self._who = auth.current(who)
-            except AuthError as exc:
+                now = sessions.check(who, self._address)
+                while True:
+                    if self._subs and (now.user, now.permissions) != (who.user, who.permissions):
+                        raise AuthError("roles changed: reconnect")
+                    self._who = who = now
+                    now = await sessions.next_check(who, self._address)
+            except (AuthError, PermissionDeniedError) as exc:
                 log.info("closing a WebSocket of %s: %s", who.user, exc.message)
                 await self._close(CLOSE_POLICY, exc.message)
-                return
 
     async def _close_on_shutdown(self) -> None:
         await self._closing.wait()
@@ -179,11 +191,17 @@ class Connection:
     async def _perform(self, codec: Codec, request: Request) -> Mapping[str, Any]:
         service = self._service
         if isinstance(request, AuthOp):
-            first = self._who is None
-            self._who = await service.authenticate(request.key)
-            if first and self._nursery is not None:
-                self._nursery.start_soon(self._watch_key)
-            return service.whoami(self._who)
+            fresh = await service.authenticate(request.key)
+            if self._who is not None and fresh.user != self._who.user:
+                # Subscriptions were authorized for the first user: one connection, one user.
+                raise InvalidRequestError(
+                    f"key: this connection is authenticated as {self._who.user!r}; "
+                    "use a new connection for another user",
+                    field="key",
+                )
+            self._who = fresh
+            self._watch()
+            return service.whoami(fresh)
         who = self._who
         assert who is not None
         match request:
