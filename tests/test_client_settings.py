@@ -53,6 +53,12 @@ def test_config_file_is_private_and_checked(tmp_path: Path) -> None:
     path.write_text("url: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_settings(config_path=path, env={})
+    # Everything a plain-http connection needs given elsewhere: the broken file is not read...
+    plain = load_settings(config_path=path, env={"FETCHML_URL": "http://h", "FETCHML_API_KEY": KEY})
+    assert plain.ca_file is None
+    # ... while for TLS it could hold the CA file, so it is.
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(config_path=path, env={"FETCHML_URL": "https://h", "FETCHML_API_KEY": KEY})
 
 
 def test_default_config_path_follows_xdg(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ def load_settings(
     """Resolve the settings; ``url``/``key``/``ca_file`` win over the environment, which wins
     over the file.
 
-    The config file is only read when the environment and arguments leave something unset.
+    The config file is only read when the environment and arguments leave something unset
+    (the CA file counts only for an ``https``/``wss`` URL).
     Does not open the CA file (only a TLS connection needs it).  Raises :class:`ConfigError`
     for an unreadable or invalid config file.
     """
@@ -131,7 +132,10 @@ def load_settings(
     ca_value, ca_source = _first((ca_file, "flag"), (env.get(ENV_CA_FILE), "env"))
     if ca_value is not None:
         ca_value = os.path.expanduser(ca_value)
-    if url_value is None or key_value is None or ca_value is None:
+    # A CA file matters only for a TLS URL: a plain-http setup given wholly by flags or the
+    # environment never depends on the config file.
+    wants_ca = ca_value is None and (url_value is None or _is_tls(url_value))
+    if url_value is None or key_value is None or wants_ca:
         stored = read_config_file(path)
         if url_value is None:
             url_value, url_source = _first((stored.get("url"), "config"), (DEFAULT_URL, "default"))
@@ -151,6 +155,10 @@ def load_settings(
         ca_file=ca_value,
         ca_file_source=ca_source if ca_value is not None else "none",
     )
+
+
+def _is_tls(url: str) -> bool:
+    return url.strip().lower().startswith(("https://", "wss://"))
 
 
 def _first(*candidates: tuple[str | None, str]) -> tuple[str | None, str]:
