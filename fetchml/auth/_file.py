@@ -10,13 +10,13 @@ import contextlib
 import datetime
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 import yaml
 
+from fetchml._files import write_atomic
 from fetchml.errors import ConfigError
 
 from ._config import (
@@ -154,44 +154,13 @@ def _render(config: AuthConfig) -> str:
 
 
 def _write_private(path: Path, text: str, *, replace: bool) -> bool:
-    """Write ``text`` to ``path`` via a 0600 temp file; return False if not ``replace`` and taken.
-
-    Without ``replace`` the temp file is hard-linked into place, which fails instead of
-    overwriting when the path appeared meanwhile.
-    """
+    """Write ``text`` to ``path`` (mode 0600, atomically, parent folders created); return False
+    if not ``replace`` and the path is taken.  Raises ``ConfigError`` when it cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return write_atomic(path, text.encode("utf-8"), mode=FILE_MODE, replace=replace)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {_reason(exc)}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        _fsync_directory(path.parent)
-        return True
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {_reason(exc)}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _reason(exc: Exception) -> str:

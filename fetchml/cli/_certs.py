@@ -9,18 +9,17 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import ipaddress
-import os
 import re
 import secrets
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+
+from .._files import write_atomic
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -109,10 +108,9 @@ def _run_new(args: argparse.Namespace) -> int:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             # The key first: a cert.pem without its key would be useless to the server.
-            _write_atomic(key_path, key_pem, mode=0o600, replace=args.force)
-            _write_atomic(cert_path, cert_pem, mode=0o644, replace=args.force)
-        except FileExistsError as exc:
-            raise _UsageError(f"{exc.filename} exists; use --force to replace it") from None
+            for path, data, mode in ((key_path, key_pem, 0o600), (cert_path, cert_pem, 0o644)):
+                if not write_atomic(path, data, mode=mode, replace=args.force):
+                    raise _UsageError(f"{path} exists; use --force to replace it")
         except OSError as exc:
             where = exc.filename or out_dir
             raise _UsageError(f"cannot write {where}: {exc.strerror or exc}") from None
@@ -227,26 +225,6 @@ def _name_constraints(names: _Names) -> x509.NameConstraints:
     subtrees: list[x509.GeneralName] = [x509.DNSName(name) for name in names.dns]
     subtrees += [x509.IPAddress(ipaddress.ip_network(ip)) for ip in names.ips]
     return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=None)
-
-
-def _write_atomic(path: Path, data: bytes, *, mode: int, replace: bool) -> None:
-    """Write ``path`` whole or not at all, with ``mode`` from the start (a reader never sees a
-    partial or world-readable key).  Without ``replace``, raises FileExistsError if it exists.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path exists: no check-then-write race
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _report(cert_path: Path, key_path: Path, cert: x509.Certificate, names: _Names) -> None:

@@ -12,15 +12,14 @@ config file's directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from fetchml._files import write_atomic
 from fetchml.errors import ConfigError
 
 __all__ = [
@@ -237,21 +236,6 @@ def write_config(path: Path, *, url: str, key: str, ca_file: str | None = None) 
     )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _atomic_write(path, body.encode())
+        write_atomic(path, body.encode(), mode=0o600)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
