@@ -47,16 +47,19 @@ def apply() -> None:
     original: Callable[[Any], Awaitable[None]] = TCPServer._close
 
     async def _close(self: TCPServer) -> None:
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                lock: trio.Lock = self.send_lock
-                if lock.statistics().owner is trio.lowlevel.current_task():
-                    await original(self)  # called from inside a send: already exclusive
-                    return
-                async with lock:
-                    await original(self)
-                    return
-            await self.stream.aclose()  # a send never finished (a peer that stopped reading)
+        try:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(CLOSE_TIMEOUT_S):
+                    lock: trio.Lock = self.send_lock
+                    if lock.statistics().owner is trio.lowlevel.current_task():
+                        await original(self)  # called from inside a send: already exclusive
+                        return
+                    async with lock:
+                        await original(self)
+                        return
+                await self.stream.aclose()  # a send never finished (a peer that stopped reading)
+        finally:
+            _release_waiting_senders(self)
 
     TCPServer._close = _close  # type: ignore[method-assign]
     _apply_frame_limit_fix()
@@ -127,6 +130,15 @@ def _apply_write_coalescing() -> None:
             await _write_queued(self, outgoing)
 
     TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+
+
+def _release_waiting_senders(server: TCPServer) -> None:
+    """Drop what is queued on a closed connection and wake the tasks waiting for room."""
+    outgoing: _Outgoing | None = getattr(server, "_fetchml_outgoing", None)
+    if outgoing is not None:
+        outgoing.data.clear()
+        written, outgoing.written = outgoing.written, trio.Event()
+        written.set()
 
 
 async def _write_queued(server: TCPServer, outgoing: _Outgoing) -> None:
