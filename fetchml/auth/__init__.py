@@ -5,7 +5,15 @@ stored; :class:`AuthActor` verifies a key once (off the event loop) and caches t
 A verified key resolves to a :class:`Principal`, which answers permission questions.
 """
 
-from ._actor import BCRYPT_THREADS, EXPIRED_KEY, INVALID_KEY, MISSING_KEY, REVOKED_KEY, AuthActor
+from ._actor import (
+    AUTH_REQUIRED,
+    BCRYPT_THREADS,
+    EXPIRED_KEY,
+    INVALID_KEY,
+    MISSING_KEY,
+    REVOKED_KEY,
+    AuthActor,
+)
 from ._config import (
     NAME_RULE,
     AuthConfig,
@@ -46,6 +54,7 @@ from ._reload import POLL_INTERVAL_S, AuthChange, AuthFile, ReloadReport, diff_c
 __all__ = [
     "ALL_PERMISSIONS",
     "ANONYMOUS",
+    "AUTH_REQUIRED",
     "BCRYPT_THREADS",
     "BUILTIN_ROLES",
     "DEFAULT_ROUNDS",

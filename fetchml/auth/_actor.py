@@ -33,7 +33,14 @@ from ._keys import MAX_KEY_BYTES, key_id_of
 from ._principal import ANONYMOUS, Principal
 from ._reload import POLL_INTERVAL_S, AuthChange, AuthFile, ReloadReport, diff_configs
 
-__all__ = ["BCRYPT_THREADS", "EXPIRED_KEY", "INVALID_KEY", "REVOKED_KEY", "AuthActor"]
+__all__ = [
+    "AUTH_REQUIRED",
+    "BCRYPT_THREADS",
+    "EXPIRED_KEY",
+    "INVALID_KEY",
+    "REVOKED_KEY",
+    "AuthActor",
+]
 
 log = logging.getLogger("fetchml.auth")
 
@@ -49,6 +56,7 @@ INVALID_KEY: Final = "invalid API key"
 MISSING_KEY: Final = "missing API key"
 EXPIRED_KEY: Final = "API key expired"
 REVOKED_KEY: Final = "API key revoked"
+AUTH_REQUIRED: Final = "authentication is now required"
 
 # (key id, bcrypt hash) of one stored key
 _Candidate = tuple[str, bytes]
@@ -228,10 +236,12 @@ class AuthActor:
 
         For sessions that outlive one request: call it when :attr:`changed` fires or the key's
         expiry passes.  Waits on nothing.  Raises ``AuthError`` when the key was revoked (or its
-        hash replaced) or has expired.
+        hash replaced) or has expired, or when auth was switched on under an anonymous session.
         """
-        if not self._config.enabled or principal is ANONYMOUS:
+        if not self._config.enabled:
             return principal
+        if principal is ANONYMOUS:
+            raise AuthError(AUTH_REQUIRED)
         ref = principal.key_id
         hashed = self._verified_hashes.get(ref)
         if hashed is None or self._by_ref.get(ref) != hashed:
@@ -239,9 +249,7 @@ class AuthActor:
         now = self._principals[ref]
         if now.user != principal.user:
             raise AuthError(REVOKED_KEY)
-        if now.expires_at is not None and time.time() >= now.expires_at:
-            raise AuthError(EXPIRED_KEY)
-        return now
+        return self._unexpired(now)
 
     def authenticate_cached(self, key: str) -> Principal | None:
         """Answer from the caches alone: a principal, or ``None`` if only bcrypt can tell.

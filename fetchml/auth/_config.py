@@ -71,7 +71,8 @@ class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def expired(self, now: float) -> bool:
         """Return whether the key has expired at Unix time ``now``."""
-        return self.expires is not None and now >= self.expires.timestamp()
+        expires_at = self.expires_at
+        return expires_at is not None and now >= expires_at
 
 
 class UserEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -114,15 +115,18 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         entry = self.api_keys[user]
         admin = entry.admin or ROLE_ADMIN in entry.roles
         key_id, expires_at = ("", None) if key is None else (key.ref, key.expires_at)
-        if admin:
-            return Principal(
-                user=user,
-                roles=entry.roles,
-                permissions=ALL_PERMISSIONS,
-                admin=True,
-                key_id=key_id,
-                expires_at=expires_at,
-            )
+        permissions = ALL_PERMISSIONS if admin else self._granted(user, entry)
+        return Principal(
+            user=user,
+            roles=entry.roles,
+            permissions=permissions,
+            admin=admin,
+            key_id=key_id,
+            expires_at=expires_at,
+        )
+
+    def _granted(self, user: str, entry: UserEntry) -> frozenset[str]:
+        """A non-admin's permissions: its roles', plus extras set true, minus extras set false."""
         granted: set[str] = set()
         for role in entry.roles:
             if role in BUILTIN_ROLES:
@@ -136,14 +140,7 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 granted.add(permission)
             else:
                 granted.discard(permission)
-        return Principal(
-            user=user,
-            roles=entry.roles,
-            permissions=frozenset(granted),
-            admin=False,
-            key_id=key_id,
-            expires_at=expires_at,
-        )
+        return frozenset(granted)
 
     def all_keys(self) -> Iterator[tuple[str, KeyEntry]]:
         """Every ``(user, key)`` pair, users in file order."""
@@ -204,17 +201,13 @@ def parse_auth_config(data: object, *, source: str) -> AuthConfig:
     return AuthConfig(enabled=section.enabled, api_keys=users, roles=roles, ip_whitelist=whitelist)
 
 
-def with_user(config: AuthConfig, user: str, entry: UserEntry | None, *, source: str) -> AuthConfig:
+def with_user(config: AuthConfig, user: str, entry: UserEntry, *, source: str) -> AuthConfig:
     """Return a checked copy of ``config`` where ``user``'s entry is ``entry`` (new or replaced).
 
-    ``entry=None`` removes the user.  Raises ``ConfigError`` as :func:`parse_auth_config` does
-    when the result would not be valid.
+    Raises ``ConfigError`` as :func:`parse_auth_config` does when the result would not be valid.
     """
     section = to_builtins(config)
-    if entry is None:
-        section["api_keys"].pop(user, None)
-    else:
-        section["api_keys"][user] = entry_to_builtins(entry)
+    section["api_keys"][user] = entry_to_builtins(entry)
     return parse_auth_config(section, source=source)
 
 

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from fetchml.auth import (
     DEFAULT_ROUNDS,
     MAX_ROUNDS,
@@ -299,9 +301,7 @@ def _run_revoke(args: argparse.Namespace) -> int:
         for user, refs in targets.items():
             entry = config.api_keys[user]
             kept = tuple(key for key in entry.keys if key.ref not in refs)
-            replaced = UserEntry(
-                keys=kept, admin=entry.admin, roles=entry.roles, permissions=entry.permissions
-            )
+            replaced = msgspec.structs.replace(entry, keys=kept)
             config = with_user(config, user, replaced, source=str(path))
         write_auth_file(path, config)
     except (FetchMLError, _UsageError) as exc:

@@ -14,14 +14,13 @@ import time
 
 import trio
 
-from ..auth import ANONYMOUS, AuthActor, AuthConfig, Principal
+from ..auth import AuthActor, AuthConfig, Principal
 from ..auth._config import IPNetwork
 from ..errors import AuthError, PermissionDeniedError
 
-__all__ = ["ADDRESS_NOT_ALLOWED", "AUTH_REQUIRED", "Sessions", "address_allowed"]
+__all__ = ["ADDRESS_NOT_ALLOWED", "Sessions", "address_allowed"]
 
 ADDRESS_NOT_ALLOWED = "address not allowed"
-AUTH_REQUIRED = "authentication is now required"
 
 
 def address_allowed(networks: tuple[IPNetwork, ...], address: str | None) -> bool:
@@ -58,14 +57,12 @@ class Sessions:
     def check(self, who: Principal, address: str | None) -> Principal:
         """The session's principal under the current config (its roles may have changed).
 
-        Waits on nothing.  Raises :class:`AuthError` when the key was revoked or has expired,
-        or auth was switched on under an anonymous session, and :class:`PermissionDeniedError`
-        when the address is no longer allowed.
+        Waits on nothing.  Raises :class:`PermissionDeniedError` when the address is no longer
+        allowed, and :class:`AuthError` as :meth:`AuthActor.current` does (a revoked or expired
+        key, auth switched on under an anonymous session).
         """
         if not self.allows(address):
             raise PermissionDeniedError(ADDRESS_NOT_ALLOWED)
-        if who is ANONYMOUS and self._auth.config.enabled:
-            raise AuthError(AUTH_REQUIRED)
         return self._auth.current(who)
 
     async def next_check(self, who: Principal, address: str | None) -> Principal:
