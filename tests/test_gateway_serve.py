@@ -328,3 +328,9 @@ def test_check_config_accepts_a_good_config_and_reads_the_auth_file(tmp_path: Pa
     assert result.returncode == 2
     assert "rolez" in result.stderr
     assert_no_keys(result.stdout + result.stderr, users)
+    # The server would refuse an auth file others may write: so does the check.
+    users.write(auth_file)
+    auth_file.chmod(0o664)
+    result = _run_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "writable by group or others (mode 664)" in result.stderr

@@ -34,7 +34,9 @@ __all__ = [
     "check_private",
     "ensure_auth_file",
     "load_auth_file",
+    "parse_auth_bytes",
     "parse_auth_text",
+    "read_auth_bytes",
     "write_auth_file",
 ]
 
@@ -88,13 +90,29 @@ def load_auth_file(path: str | os.PathLike[str]) -> AuthConfig:
     Blocks on file I/O.  Raises ``ConfigError`` (its message starts with the path) when the file
     cannot be read, is not valid YAML, has a duplicate key, or fails :func:`parse_auth_config`.
     """
-    source = os.fspath(path)
+    return parse_auth_bytes(read_auth_bytes(path), source=os.fspath(path))
+
+
+def read_auth_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an auth file.  Blocks on file I/O.  Raises ``ConfigError`` (``file not
+    found`` or ``cannot read``) naming the path."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{source}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot read: {_reason(exc)}") from None
+        raise ConfigError(f"{os.fspath(path)}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{os.fspath(path)}: cannot read: {_reason(exc)}") from None
+
+
+def parse_auth_bytes(data: bytes, *, source: str) -> AuthConfig:
+    """Decode (UTF-8) and parse the content of an auth file, as :func:`parse_auth_text` does.
+
+    Raises ``ConfigError`` naming ``source``.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
     return parse_auth_text(text, source=source)
 
 

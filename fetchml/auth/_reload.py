@@ -19,7 +19,7 @@ import msgspec
 from fetchml.errors import ConfigError
 
 from ._config import AuthConfig, KeyEntry
-from ._file import check_private, parse_auth_text
+from ._file import check_private, parse_auth_bytes, read_auth_bytes
 
 __all__ = ["POLL_INTERVAL_S", "AuthChange", "AuthFile", "ReloadReport", "diff_configs"]
 
@@ -66,6 +66,15 @@ class AuthFile:
         self._digest: bytes | None = None
         self._last_error: str | None = None
 
+    def load(self) -> AuthConfig:
+        """Read the file now, whether or not it changed (the first load).  Blocks on file I/O.
+
+        Raises ``ConfigError`` as :meth:`read_if_changed` does.
+        """
+        config = self.read_if_changed(force=True)
+        assert config is not None  # a forced read returns the config or raises
+        return config
+
     def read_if_changed(self, *, force: bool) -> AuthConfig | None:
         """Return the file's config if its content changed since the last call (or ``force``).
 
@@ -92,20 +101,12 @@ class AuthFile:
         self._stat = stat
         if stat is None:
             self._digest = None
-            raise ConfigError(f"{self.path}: file not found")
-        try:
-            data = self.path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        data = read_auth_bytes(self.path)  # "file not found" when it is missing
         digest = hashlib.sha256(data).digest()
         if digest == self._digest and not force:
             return None
         self._digest = digest
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{self.path}: cannot read: {exc}") from None
-        config = parse_auth_text(text, source=str(self.path))
+        config = parse_auth_bytes(data, source=str(self.path))
         if self._validate is not None:
             self._validate(config)
         return config

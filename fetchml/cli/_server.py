@@ -88,7 +88,7 @@ def _check(args: argparse.Namespace) -> int:
     if tls.enabled:
         server_ssl_context(tls)
     auth = (
-        load_auth(config, announce=False)
+        load_auth(config, announce=False)[0]
         if config.auth is not None or Path(config.auth_file).exists()
         else None
     )

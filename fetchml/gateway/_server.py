@@ -7,6 +7,7 @@ jobs are not stopped; the next start re-adopts them.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import logging
@@ -29,7 +30,6 @@ from ..auth import (
     AuthFile,
     ReloadReport,
     ensure_auth_file,
-    load_auth_file,
     parse_auth_config,
 )
 from ..errors import ConfigError
@@ -62,14 +62,18 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
-def load_auth(config: Config, *, announce: bool = True) -> AuthConfig:
-    """The auth config: inline ``auth:`` section, else ``auth_file`` (created on first start).
+def load_auth(config: Config, *, announce: bool = True) -> tuple[AuthConfig, AuthFile | None]:
+    """The auth config, and the auth file it came from, to be watched (None for an inline
+    ``auth:`` section).  ``auth_file`` is created on first start.
 
-    On first start the new admin key is printed once on stderr.  Raises :class:`ConfigError`,
-    also when auth is disabled on a non-loopback bind.
+    On first start the new admin key is printed once on stderr.  Blocks on file I/O.  Raises
+    :class:`ConfigError`, also when auth is disabled on a non-loopback bind or when others may
+    write the auth file.
     """
+    source: AuthFile | None = None
     if config.auth is not None:
         auth = parse_auth_config(config.auth, source="server config")
+        _check_auth(config, auth)
     else:
         path = Path(config.auth_file)
         key = ensure_auth_file(path)
@@ -80,11 +84,11 @@ def load_auth(config: Config, *, announce: bool = True) -> AuthConfig:
                 file=sys.stderr,
                 flush=True,
             )
-        auth = load_auth_file(path)
-    _check_auth(config, auth)
+        source = AuthFile(path, validate=functools.partial(_check_auth, config))
+        auth = source.load()
     if not auth.enabled:
         log.warning("AUTHENTICATION IS DISABLED: every local client acts as an admin")
-    return auth
+    return auth, source
 
 
 def _check_auth(config: Config, auth: AuthConfig) -> None:
@@ -122,13 +126,9 @@ def _auth_actor(config: Config, audit: AuditLog | None) -> AuthActor:
         if not report.changes:
             await audit.record("auth.reload", user=None, source=source, detail={"changes": 0})
 
-    initial = load_auth(config)
-    if config.auth is not None:
+    initial, source = load_auth(config)
+    if source is None:
         return AuthActor(initial)
-    source = AuthFile(Path(config.auth_file), validate=lambda auth: _check_auth(config, auth))
-    # Read once more through the watcher, which then knows this version as seen (and refuses
-    # a file others may write).
-    initial = source.read_if_changed(force=True) or initial
     return AuthActor(initial, source=source, on_reload=audit_reload)
 
 
