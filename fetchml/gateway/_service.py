@@ -104,12 +104,13 @@ class Service:
         """
         digest = hashlib.sha256(key.encode()).digest()
         if not guard.begin_check(address, digest):
-            self.limits.refused["ban"] += 1
             log.warning("refused a key check from %s: too many under way at once", address)
-            if self.audit is not None:
-                await self.audit.record("auth", user=None, outcome="refused", code="rate_limited")
-            raise RateLimitedError(
-                "too many API keys being checked at once from this address", retry_after_s=1.0
+            await self._refuse(
+                "ban",
+                "auth",
+                None,
+                "too many API keys being checked at once from this address",
+                1.0,
             )
         try:
             return await self.auth.authenticate(key)
@@ -127,7 +128,6 @@ class Service:
 
         Waits on the audit log.
         """
-        self.limits.refused["key"] += 1
         log.warning(
             "rate limited %s by %s (key %s) from %s: retry in %.2f s",
             action,
@@ -136,25 +136,30 @@ class Service:
             source_address.get(),
             retry_after_s,
         )
-        if self.audit is not None:
-            await self.audit.record(action, user=who.user, outcome="refused", code="rate_limited")
         settings = self.limits.settings
         assert settings is not None
-        raise RateLimitedError(
+        message = (
             f"too many requests with this API key (limit {settings.requests_per_s:g} per second, "
-            f"bursts of {settings.burst})",
-            retry_after_s=retry_after_s,
+            f"bursts of {settings.burst})"
         )
+        await self._refuse("key", action, who.user, message, retry_after_s)
 
     async def _refuse_banned(self, address: str, left: float) -> NoReturn:
-        self.limits.refused["ban"] += 1
         log.warning("refused a request from banned address %s (%.0f s left)", address, left)
+        message = "this address is temporarily banned after too many failed API keys"
+        await self._refuse("ban", "auth", None, message, left)
+
+    async def _refuse(
+        self, kind: str, action: str, user: str | None, message: str, retry_after_s: float
+    ) -> NoReturn:
+        """Count (``kind`` for ``/metrics``), audit and raise one rate-limit refusal; the caller
+        has logged why.  Waits on the audit log.  Raises RateLimitedError."""
+        self.limits.refused[kind] += 1
         if self.audit is not None:
-            await self.audit.record("auth", user=None, outcome="refused", code="rate_limited")
-        raise RateLimitedError(
-            "this address is temporarily banned after too many failed API keys",
-            retry_after_s=left,
-        )
+            await self.audit.record(
+                action, user=user, outcome="refused", code=RateLimitedError.code
+            )
+        raise RateLimitedError(message, retry_after_s=retry_after_s)
 
     async def _start_ban(self, address: str) -> None:
         settings = self.limits.settings
