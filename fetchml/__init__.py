@@ -14,6 +14,7 @@ from .errors import (
     ConfigError,
     ConflictError,
     FetchMLError,
+    InternalError,
     InvalidRequestError,
     InvalidSpecError,
     JobNotFoundError,
@@ -34,9 +35,10 @@ if TYPE_CHECKING:
         JobSpec,
         JobState,
         Resources,
+        StatusReport,
         validate_spec,
     )
-    from .actors import Scheduler, StatusReport, Subscription, open_scheduler
+    from .actors import Scheduler, Subscription, open_scheduler
 
 # Imported on first use: ``import fetchml`` (and so every ``ml`` command) must not pay for trio,
 # sqlite and the actors.  Maps each public name to the module that defines it.
@@ -52,7 +54,7 @@ _LAZY = {
     "Resources": "._models",
     "validate_spec": "._models",
     "Scheduler": ".actors",
-    "StatusReport": ".actors",
+    "StatusReport": "._models",
     "Subscription": ".actors",
     "open_scheduler": ".actors",
 }
@@ -78,6 +80,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "FetchMLError",
+    "InternalError",
     "InvalidRequestError",
     "InvalidSpecError",
     "Job",

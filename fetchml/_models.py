@@ -8,14 +8,18 @@ precise error paths.  The same structs serve the WebSocket (msgpack), HTTP (JSON
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import enum
+import json
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
 
-from .errors import InvalidSpecError
+from .errors import InvalidRequestError, InvalidSpecError
 
 __all__ = [
     "TERMINAL_STATES",
@@ -24,12 +28,35 @@ __all__ = [
     "JobSpec",
     "JobState",
     "Resources",
+    "StatusReport",
+    "check_name",
+    "check_spec",
+    "decode_spec_json",
+    "spec_problem",
+    "surrogate_path",
+    "text_problem",
     "validate_spec",
 ]
 
+# Upper bounds far above any machine or cluster, low enough that the scheduler's arithmetic on
+# them stays exact (it counts integer milli-cpus) and never overflows.
+MAX_CPUS = 1_000_000
+MAX_MEMORY_MB = 1 << 40
+MAX_GPUS = 65_536
+# Ten years: a timeout beyond it means "none", and would overflow a backend's integer seconds.
+MAX_TIMEOUT_S = 10 * 365 * 86_400
+# What exec accepts on Linux: one argument or environment string (MAX_ARG_STRLEN, with its NUL)
+# and a path (PATH_MAX, with its NUL); the whole command and env together stay well under ARG_MAX.
+MAX_ARG_BYTES = 131_071
+MAX_PATH_BYTES = 4095
+MAX_EXEC_BYTES = 1 << 20
+MAX_DEPENDENCIES = 10_000
+MAX_TAGS = 100
+
 # 0 cpus is allowed (a job that only waits, as in Ray); negative is not.
-NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Cpus = Annotated[float, msgspec.Meta(ge=0, le=MAX_CPUS)]
+MemoryMb = Annotated[int, msgspec.Meta(ge=0, le=MAX_MEMORY_MB)]
+Gpus = Annotated[int, msgspec.Meta(ge=0, le=MAX_GPUS)]
 Priority = Annotated[int, msgspec.Meta(ge=1, le=10)]
 # SQLite's INTEGER range: a larger id names no job and would overflow the store.
 JobId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
@@ -63,9 +90,9 @@ class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     ``memory_mb = 0`` means "not stated" and reserves nothing.
     """
 
-    cpus: NonNegFloat = 1.0
-    memory_mb: NonNegInt = 0
-    gpus: NonNegInt = 0
+    cpus: Cpus = 1.0
+    memory_mb: MemoryMb = 0
+    gpus: Gpus = 0
 
 
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -82,10 +109,14 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     env: dict[str, str] = msgspec.field(default_factory=dict)
     priority: Priority = 5
     resources: Resources = msgspec.field(default_factory=Resources)
-    timeout_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)] | None = None
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
-    depends_on: list[JobId] = msgspec.field(default_factory=list)
-    tags: list[Name] = msgspec.field(default_factory=list)
+    depends_on: Annotated[list[JobId], msgspec.Meta(max_length=MAX_DEPENDENCIES)] = msgspec.field(
+        default_factory=list
+    )
+    tags: Annotated[list[Name], msgspec.Meta(max_length=MAX_TAGS)] = msgspec.field(
+        default_factory=list
+    )
     experiment: Name | None = None
 
     def argv(self) -> list[str]:
@@ -125,6 +156,30 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         return self.state in TERMINAL_STATES
 
 
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Queue and resource summary at one instant (the ``status`` op and ``GET /status``).
+
+    Job counts by state and per user, the CPUs, memory and GPUs the scheduler hands out (total
+    and free; free may be negative for a while after a cluster shrank), and ``last_seq``, the
+    newest committed event.  ``backend`` names the executor backend (``local``, ``ray``);
+    ``backend_status`` is None while it works and says what is wrong otherwise (``ray cluster at
+    … unreachable: …``).
+    """
+
+    counts: dict[str, int]
+    running_by_user: dict[str, int]
+    queued_by_user: dict[str, int]
+    cpus_total: float
+    cpus_free: float
+    memory_mb_total: int
+    memory_mb_free: int
+    gpus_total: list[int]
+    gpus_free: list[int]
+    last_seq: int
+    backend: str = "local"
+    backend_status: str | None = None
+
+
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True, tag="job"):
     """A job changed state.  ``seq`` is store-assigned and increases monotonically."""
 
@@ -137,7 +192,7 @@ _spec_decoder = msgspec.json.Decoder(JobSpec)
 
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_NAMED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<name>[^`]+)`$")
+_NAMED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<name>[^`]*)`$")
 
 
 def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str | None, str]:
@@ -152,12 +207,12 @@ def describe_validation_error(exc: msgspec.ValidationError) -> tuple[str | None,
     detail = text[: match.start()] if match else text
     named = _NAMED.match(detail)
     if named:
-        path = f"{path}.{named.group('name')}" if path else named.group("name")
-        detail = (
-            "required field is missing"
-            if named.group("what") == "missing required"
-            else ("unknown field")
-        )
+        name = named.group("name")
+        path = f"{path}.{name}" if path else name
+        what = "required field is missing" if named.group("what") == "missing required" else None
+        if what is None:
+            what = "unknown field" if name else "unknown field '' (an empty name)"
+        return path, f"{path}: {what}" if path else what
     field = path or None
     return field, (f"{field}: {detail}" if field else detail)
 
@@ -167,20 +222,105 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidSpecError:
     return InvalidSpecError(message, field=field)
 
 
-def validate_spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:
-    """Validate ``spec`` (a :class:`JobSpec` or a plain mapping) and return a checked JobSpec.
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored, sent or passed to the OS as text, or None if it can.
 
-    Struct constructors do not check constraints, so a JobSpec built in Python is re-validated
-    through msgspec as if it had been decoded.  Raises :class:`InvalidSpecError` naming the field.
+    Refused: a lone surrogate (not Unicode: UTF-8 cannot encode it, so neither the store nor the
+    wire can carry it) and a NUL byte (exec, the environment and paths end a string there).
     """
-    data = msgspec.to_builtins(spec) if isinstance(spec, JobSpec) else spec
     try:
-        checked = msgspec.convert(data, JobSpec, strict=True)
-    except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
-    command = checked.command
+        value.encode()
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode (a lone surrogate at index {exc.start})"
+    if "\0" in value:
+        return f"contains a NUL byte (at index {value.index(chr(0))})"
+    return None
+
+
+def check_name(value: object, field: str, *, max_length: int = 200) -> str:
+    """``value`` as a label (a user name, a tag): a non-empty string of at most ``max_length``
+    characters that is valid text.  Raises :class:`InvalidRequestError` naming ``field``."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"{field}: must be a non-empty string", field=field)
+    problem = text_problem(value)
+    if problem is None and len(value) > max_length:
+        problem = f"longer than {max_length} characters"
+    if problem is not None:
+        raise InvalidRequestError(f"{field}: {problem}", field=field)
+    return value
+
+
+def _exec_strings(spec: JobSpec) -> list[tuple[str, str, int]]:
+    """(field, text, byte limit) of every string of ``spec`` that reaches exec or a path."""
+    command = spec.command
+    found: list[tuple[str, str, int]] = (
+        [("command", command, MAX_ARG_BYTES)]
+        if isinstance(command, str)
+        else [(f"command[{i}]", arg, MAX_ARG_BYTES) for i, arg in enumerate(command)]
+    )
+    for key, value in spec.env.items():
+        # A key that is not clean text cannot name the field either.
+        where = f"env.{key}" if text_problem(key) is None else "env"
+        found.append((where, key, MAX_ARG_BYTES))
+        found.append((where, value, MAX_ARG_BYTES - len(key.encode(errors="replace")) - 1))
+    if spec.cwd is not None:
+        found.append(("cwd", spec.cwd, MAX_PATH_BYTES))
+    return found
+
+
+def _plainly_fine(spec: JobSpec) -> bool:
+    """Whether every string of ``spec`` is plain ASCII without a NUL and within the sizes exec
+    accepts: what nearly every spec is, told without building any field name."""
+    command = spec.command
+    total = 0
+    for text in [command] if isinstance(command, str) else command:
+        if not text.isascii() or "\0" in text or len(text) > MAX_ARG_BYTES:
+            return False
+        total += len(text) + 1
+    for key, value in spec.env.items():
+        entry = len(key) + 1 + len(value)
+        if not (key + value).isascii() or "\0" in key or "\0" in value or entry > MAX_ARG_BYTES:
+            return False
+        total += entry + 1
+    labels = [spec.name or "", spec.experiment or "", spec.cwd or "", *spec.tags]
+    if any(not label.isascii() or "\0" in label for label in labels):
+        return False
+    return len(spec.cwd or "") <= MAX_PATH_BYTES and total <= MAX_EXEC_BYTES
+
+
+def spec_problem(spec: JobSpec) -> tuple[str, str] | None:
+    """(field, message) for the first part of ``spec`` that the OS or the store would refuse,
+    or None.  The message starts with the field."""
+    if _plainly_fine(spec):
+        return None
+    total = 0
+    for field, text, limit in _exec_strings(spec):
+        problem = text_problem(text)
+        if problem is None:
+            size = len(text.encode())
+            total += size + 1
+            if size > limit:
+                problem = f"longer than {limit} bytes (what exec accepts)"
+        if problem is not None:
+            return field, f"{field}: {problem}"
+    if total > MAX_EXEC_BYTES:
+        return "command", f"command: with env, longer than {MAX_EXEC_BYTES} bytes in all"
+    labels = [("name", spec.name), ("experiment", spec.experiment)]
+    labels += [(f"tags[{i}]", tag) for i, tag in enumerate(spec.tags)]
+    for field, label in labels:
+        problem = None if label is None else text_problem(label)
+        if problem is not None:
+            return field, f"{field}: {problem}"
+    return None
+
+
+def check_spec(spec: JobSpec) -> JobSpec:
+    """Check what a schema cannot say about a type-checked spec (one msgspec decoded, or read
+    from the store): a usable command, strings the OS accepts, env names, no repeated
+    dependency.  Returns ``spec``.  Raises :class:`InvalidSpecError` naming the field."""
+    command = spec.command
     if isinstance(command, str):
-        if not checked.shell:
+        if not spec.shell:
             raise InvalidSpecError(
                 "command: a single string needs shell: true; otherwise give an argv list",
                 field="command",
@@ -189,17 +329,141 @@ def validate_spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:
             raise InvalidSpecError("command: must not be empty", field="command")
     elif not command or not command[0]:
         raise InvalidSpecError("command: must be a non-empty argv list", field="command")
-    for key in checked.env:
-        if not key or "=" in key or "\0" in key:
-            raise InvalidSpecError(f"env: invalid variable name {key!r}", field=f"env.{key}")
-    if len(set(checked.depends_on)) != len(checked.depends_on):
+    problem = spec_problem(spec)
+    if problem is not None:
+        raise InvalidSpecError(problem[1], field=problem[0])
+    for key in spec.env:
+        if not key or "=" in key:
+            field = f"env.{key}" if key else "env"
+            raise InvalidSpecError(f"env: invalid variable name {key!r}", field=field)
+    if len(set(spec.depends_on)) != len(spec.depends_on):
         raise InvalidSpecError("depends_on: lists a job twice", field="depends_on")
-    return checked
+    return spec
+
+
+def validate_spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:
+    """Validate ``spec`` (a :class:`JobSpec` or a plain mapping) and return a checked JobSpec.
+
+    Struct constructors do not check constraints, so a JobSpec built in Python is re-validated
+    through msgspec as if it had been decoded.  Raises :class:`InvalidSpecError` naming the field.
+    """
+    try:
+        data = _builtins_of(spec) if isinstance(spec, JobSpec) else spec
+        checked = msgspec.convert(data, JobSpec, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except UnicodeError:
+        # msgspec names no path for a string it cannot encode: find it.
+        path = surrogate_path(spec if isinstance(spec, Mapping) else {}, "")
+        field = path or None
+        raise InvalidSpecError(
+            f"{path or 'spec'}: not valid Unicode (a lone surrogate)", field=field
+        ) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # to_builtins of a struct holding values of no JSON-like type.
+        raise InvalidSpecError(f"not a job spec: {exc}") from None
+    return check_spec(checked)
+
+
+# Left as they are by to_builtins (which would turn bytes into base64 text and a datetime into
+# ISO text), so that conversion refuses them where a string is expected.
+_KEPT_AS_IS = (
+    bytes,
+    bytearray,
+    memoryview,
+    datetime.datetime,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+)
+
+
+def _builtins_of(spec: JobSpec) -> dict[str, Any]:
+    """A JobSpec built in Python as plain data, field by field, so that a value of no JSON-like
+    type (or nested too deep) is refused naming its field.  Raises :class:`InvalidSpecError`."""
+    try:
+        whole: dict[str, Any] = msgspec.to_builtins(spec, builtin_types=_KEPT_AS_IS)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        pass  # find the field, below
+    else:
+        return whole
+    data: dict[str, Any] = {}
+    for name in JobSpec.__struct_fields__:  # no renamed fields: the names are the wire's
+        try:
+            value = msgspec.to_builtins(getattr(spec, name), builtin_types=_KEPT_AS_IS)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            if isinstance(exc, UnicodeEncodeError):
+                problem = "not valid Unicode (a lone surrogate)"
+            elif isinstance(exc, RecursionError):
+                problem = "nested too deeply"
+            else:
+                problem = f"not a valid value ({exc})"
+            raise InvalidSpecError(f"{name}: {problem}", field=name) from None
+        data[name] = value
+    return data
 
 
 def decode_spec_json(data: bytes) -> JobSpec:
-    """Decode and validate a JSON job spec.  Raises :class:`InvalidSpecError`."""
+    """Decode and validate a JSON job spec (an HTTP body).  Raises :class:`InvalidSpecError`
+    naming the field, or :class:`InvalidRequestError` (field ``body``) for text that is not
+    JSON, saying where it breaks."""
     try:
-        return validate_spec(_spec_decoder.decode(data))
-    except msgspec.DecodeError as exc:
-        raise InvalidSpecError(str(exc)) from None
+        spec = _spec_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError itself for some strings that are not UTF-8.
+        raise json_error(data, exc) from None
+    except RecursionError:
+        raise InvalidRequestError("body: nested too deeply", field="body") from None
+    return check_spec(spec)
+
+
+def json_error(data: bytes, exc: msgspec.DecodeError | UnicodeDecodeError) -> InvalidRequestError:
+    """The error for ``data``, which msgspec could not decode as JSON: what is wrong, and where.
+
+    msgspec reports a lone surrogate escape (``"\\ud800"``) as truncated input; the standard
+    library's decoder accepts those, which lets this name the string's field (as an
+    :class:`InvalidSpecError`).  Other faults are errors of the whole ``body``.
+    """
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as bad:
+        return InvalidRequestError(f"body: not UTF-8 (byte {bad.start})", field="body")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return InvalidRequestError(f"body: invalid JSON: {exc}", field="body")
+    path = surrogate_path(value, "")
+    if path is None:
+        return InvalidRequestError(f"body: invalid JSON: {exc}", field="body")
+    # The body is a spec with a string (or a field name) that is not Unicode.
+    field = path or None
+    where = field or "a field name"
+    return InvalidSpecError(f"{where}: not valid Unicode (a lone surrogate)", field=field)
+
+
+def surrogate_path(value: object, path: str = "", depth: int = 0) -> str | None:
+    """The path of the first string (or key) in ``value`` that is not valid Unicode (a key's
+    is the path of its mapping), looking at most 100 levels deep."""
+    if isinstance(value, str):
+        return path if text_problem(value.replace("\0", "")) is not None else None
+    if depth > 100:
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = surrogate_path(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                continue
+            if text_problem(key.replace("\0", "")) is not None:
+                return path
+            found = surrogate_path(item, f"{path}.{key}" if path else key, depth + 1)
+            if found is not None:
+                return found
+    return None

@@ -5,9 +5,17 @@ Every error the project raises on purpose derives from :class:`FetchMLError`.  L
 callers never need to catch a third-party exception.  Each class carries a short machine-readable
 ``code`` that the gateway puts on the wire (``{"error": {"code", "message"}}``) and the HTTP
 ``status`` it maps to.
+
+This module is also the one registry of wire errors: :meth:`FetchMLError.details` gives what an
+error carries besides its code and message (``field``, ``permission``, ``retry_after``,
+``job_id``), and :func:`error_from_wire` rebuilds the error of the class that has the code, on
+whichever side of a channel, a socket or a process boundary it arrives.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "AuthError",
@@ -15,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "FetchMLError",
+    "InternalError",
     "InvalidRequestError",
     "InvalidSpecError",
     "JobNotFoundError",
@@ -24,18 +33,40 @@ __all__ = [
     "SchedulerClosedError",
     "StoreError",
     "SubscriberDroppedError",
+    "error_from_wire",
 ]
 
 
 class FetchMLError(Exception):
     """Base of every error Fetch ML raises on purpose."""
 
-    code: str = "internal"
+    code: str = "internal_error"
     status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """What the error carries besides code and message, by wire name (None left out)."""
+        return {}
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        """The error as it left the other side, from its message and :meth:`details`."""
+        return cls(message)
+
+
+class InternalError(FetchMLError):
+    """Raised (as the reply of one request) when the server hit a fault of its own while
+    handling that request.
+
+    The details (traceback, job, user) are in the server's log, never in the reply; the server
+    goes on serving everyone else.
+    """
+
+    code = "internal_error"
+    status = 500
 
 
 class InvalidRequestError(FetchMLError):
@@ -51,6 +82,13 @@ class InvalidRequestError(FetchMLError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {} if self.field is None else {"field": self.field}
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        return cls(message, field=_text(details.get("field")))
 
 
 class InvalidSpecError(InvalidRequestError):
@@ -72,9 +110,19 @@ class JobNotFoundError(FetchMLError):
     code = "not_found"
     status = 404
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"no job with id {job_id}")
+    def __init__(self, job_id: int, message: str | None = None) -> None:
+        super().__init__(message or f"no job with id {job_id}")
         self.job_id = job_id
+
+    # The wire does not carry the id (the client knows what it asked for): from_wire takes it
+    # from ``details["job_id"]`` when the receiving side supplies it.
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        job_id = details.get("job_id")
+        return cls(
+            job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else 0, message
+        )
 
 
 class ConflictError(FetchMLError):
@@ -104,6 +152,13 @@ class PermissionDeniedError(FetchMLError):
         super().__init__(message)
         self.permission = permission
 
+    def details(self) -> dict[str, Any]:
+        return {} if self.permission is None else {"permission": self.permission}
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        return cls(message, permission=_text(details.get("permission")))
+
 
 class RateLimitedError(FetchMLError):
     """Raised when a request is refused for going too fast (``limits`` in the server config).
@@ -120,6 +175,16 @@ class RateLimitedError(FetchMLError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def details(self) -> dict[str, Any]:
+        return {"retry_after": max(0.001, round(self.retry_after_s, 3))}  # seconds
+
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        seconds = details.get("retry_after")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not seconds >= 0:
+            seconds = 1.0  # a body without a usable wait: a short one
+        return cls(message, retry_after_s=float(seconds))
 
 
 class SchedulerClosedError(FetchMLError):
@@ -163,3 +228,43 @@ class BackendUnavailableError(JobStartError):
 
     code = "backend_unavailable"
     status = 503
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# Every error class that crosses a boundary, by its code (one class per code).
+_BY_CODE: dict[str, type[FetchMLError]] = {
+    cls.code: cls
+    for cls in (
+        InternalError,
+        InvalidRequestError,
+        InvalidSpecError,
+        ConfigError,
+        JobNotFoundError,
+        ConflictError,
+        AuthError,
+        PermissionDeniedError,
+        RateLimitedError,
+        SchedulerClosedError,
+        SubscriberDroppedError,
+        StoreError,
+        JobStartError,
+        BackendUnavailableError,
+    )
+}
+
+
+def error_from_wire(
+    code: str, message: str, details: Mapping[str, Any] | None = None
+) -> FetchMLError:
+    """The error of the class registered for ``code``, with ``message`` and its ``details``
+    (:meth:`FetchMLError.details`).  A code this version does not know (a newer server's)
+    gives a :class:`FetchMLError` that keeps the code."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        error = FetchMLError(message)
+        error.code = code
+        return error
+    return cls.from_wire(message, details or {})

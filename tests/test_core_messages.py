@@ -7,7 +7,7 @@ import typing
 import msgspec
 import pytest
 
-from fetchml import Job, JobEvent, JobSpec, JobState, Resources
+from fetchml import Job, JobEvent, JobSpec, JobState, Resources, StatusReport
 from fetchml.actors import _messages as m
 from fetchml.errors import (
     ConflictError,
@@ -15,6 +15,7 @@ from fetchml.errors import (
     InvalidSpecError,
     JobNotFoundError,
 )
+from fetchml.protocol import ErrorBody
 
 FULL_SPEC = JobSpec(
     command=["python", "train.py", "--lr", "0.1"],
@@ -64,31 +65,35 @@ SAMPLES: list[msgspec.Struct] = [
     m.Cancel(job_id=7, user="bob"),
     m.JobReply(job=FULL_JOB),
     m.GetStatus(),
-    m.StatusReport(
-        counts={"queued": 3, "running": 1},
-        running_by_user={"alice": 1},
-        queued_by_user={"bob": 3},
-        cpus_total=8.0,
-        cpus_free=6.5,
-        memory_mb_total=16000,
-        memory_mb_free=14000,
-        gpus_total=[0, 1],
-        gpus_free=[1],
-        last_seq=99,
+    m.StatusReply(
+        report=StatusReport(
+            counts={"queued": 3, "running": 1},
+            running_by_user={"alice": 1},
+            queued_by_user={"bob": 3},
+            cpus_total=8.0,
+            cpus_free=6.5,
+            memory_mb_total=16000,
+            memory_mb_free=14000,
+            gpus_total=[0, 1],
+            gpus_free=[1],
+            last_seq=99,
+        )
     ),
-    m.StatusReport(
-        counts={},
-        running_by_user={},
-        queued_by_user={},
-        cpus_total=0.0,
-        cpus_free=-1.0,
-        memory_mb_total=0,
-        memory_mb_free=-100,
-        gpus_total=[],
-        gpus_free=[],
-        last_seq=5,
-        backend="ray",
-        backend_status="ray cluster at http://127.0.0.1:8265: unreachable",
+    m.StatusReply(
+        report=StatusReport(
+            counts={},
+            running_by_user={},
+            queued_by_user={},
+            cpus_total=0.0,
+            cpus_free=-1.0,
+            memory_mb_total=0,
+            memory_mb_free=-100,
+            gpus_total=[],
+            gpus_free=[],
+            last_seq=5,
+            backend="ray",
+            backend_status="ray cluster at http://127.0.0.1:8265: unreachable",
+        )
     ),
     m.StartJob(job=FULL_JOB),
     m.AdoptJob(job=DONE_JOB),
@@ -104,8 +109,12 @@ SAMPLES: list[msgspec.Struct] = [
     m.Attached(sub_id=3),
     m.ReplayNeeded(oldest=17),
     m.Detach(sub_id=3),
-    m.Failure(code="invalid_spec", message="priority: Expected `int` <= 10", field="priority"),
-    m.Failure(code="not_found", message="no job with id 5", job_id=5),
+    m.Failure(
+        body=ErrorBody(
+            code="invalid_spec", message="priority: Expected `int` <= 10", field="priority"
+        )
+    ),
+    m.Failure(body=ErrorBody(code="not_found", message="no job with id 5"), job_id=5),
 ]
 
 MESSAGE_TYPES = set(typing.get_args(m.Message))

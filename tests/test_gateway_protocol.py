@@ -19,6 +19,7 @@ import trio
 from helpers.core import kill_everything_under
 from helpers.gateway import (
     HttpSession,
+    RawWs,
     ServerThread,
     Users,
     http,
@@ -216,6 +217,28 @@ async def test_frame_over_the_limit_closes_1009_and_only_that_connection(server:
         await bystander.send_raw(_pack({"op": "whoami", "id": 5, "pad": "x" * (LIMIT - 100)}))
         reply = await bystander.reply(5)
         assert reply["error"]["field"] == "pad"
+
+
+async def test_the_server_ends_a_1009_connection_without_the_client_closing_tcp(
+    server: Server,
+) -> None:
+    """hypercorn closes an oversized frame's connection (1009) without telling the app, so its
+    handler would wait for a frame for ever and a client that waits for the server to end the TCP
+    connection (as RFC 6455 has the server do) would hang: the server must end it itself.  (The
+    test above passes without that fix: its client closes the TCP connection.)"""
+    async with ws_connect(server.base, server.users.alice) as bystander:
+        await until_metric(server.base, "fetchml_websocket_connections", 1)
+        client = await RawWs.connect(server.base, server.users.bob)
+        async with client:
+            await client.send_bytes(b"\x00" * (LIMIT + 1))
+            _, code, _ = await client.read_until_close(within=5)
+            assert code == 1009
+            # This client neither answers the close frame nor closes its TCP connection: the
+            # handler must end all the same...
+            await until_metric(server.base, "fetchml_websocket_connections", 1)
+            # ...and the server then closes the TCP connection itself.
+            assert await client.read_to_eof(within=5) == b""
+        assert (await bystander.ok("whoami"))["user"] == "alice"
 
 
 # ---- pipelining, subscriptions --------------------------------------------------------------

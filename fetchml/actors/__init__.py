@@ -1,19 +1,23 @@
 """The actors (scheduler, executor, notifier) and the embedding API built on them."""
 
+from .._models import StatusReport
 from ._backend import Backend, Ended
 from ._local import LocalBackend
-from ._messages import Message, StatusReport
-from ._runtime import Scheduler, open_scheduler, start_actors
+from ._messages import INTERNAL_MESSAGE, Message
+from ._runtime import Runtime, Scheduler, open_scheduler, prepare_runtime, serve_actors
 from ._subscription import Subscription
 
 __all__ = [
+    "INTERNAL_MESSAGE",
     "Backend",
     "Ended",
     "LocalBackend",
     "Message",
+    "Runtime",
     "Scheduler",
     "StatusReport",
     "Subscription",
     "open_scheduler",
-    "start_actors",
+    "prepare_runtime",
+    "serve_actors",
 ]

@@ -19,7 +19,8 @@ from typing import Any
 
 import trio
 
-from .._models import Job
+from .._faults import report_internal_error
+from .._models import Job, spec_problem
 from ..errors import BackendUnavailableError, JobStartError
 from ._backend import Backend, Capacity, Ended
 from ._messages import (
@@ -39,6 +40,8 @@ log = logging.getLogger("fetchml.executor")
 
 # Commands from the scheduler; the main loop only spawns tasks, so it drains this fast.
 EXECUTOR_INBOX_SIZE = 1024
+# Beyond the kill grace, how long stopping a run after a fault may take.
+_STOP_EXTRA_S = 5.0
 
 
 @dataclass(slots=True)
@@ -81,10 +84,15 @@ class Executor:
                     nursery.start_soon(self._watch_capacity, self._backend.capacity_refresh_s)
                 task_status.started()
                 async for envelope in self._inbox:
-                    self._handle(envelope.msg, nursery)
+                    try:
+                        self._handle(envelope.msg, nursery)
+                    except Exception as exc:
+                        report_internal_error("executor", exc, type(envelope.msg).__name__)
                 nursery.cancel_scope.cancel()
 
     def _handle(self, msg: Message, nursery: trio.Nursery) -> None:
+        """Act on one command.  Raises TypeError for a message it does not handle (a
+        programming error: reported loudly by the caller, which then goes on)."""
         match msg:
             case StartJob(job=job):
                 self._follow(job, adopt=False, nursery=nursery)
@@ -115,7 +123,11 @@ class Executor:
         """
         with self._reports.clone() as reports:
             while True:
-                capacity = await self._backend.capacity()
+                try:
+                    capacity = await self._backend.capacity()
+                except Exception as exc:  # a backend's bug: report it, read again next time
+                    report_internal_error("executor", exc, "reading the backend's capacity")
+                    capacity = None
                 if capacity is not None:
                     await self._report_capacity(capacity, reports)
                 await trio.sleep(interval)
@@ -147,9 +159,27 @@ class Executor:
         with self._reports.clone() as reports:
             try:
                 exited = await self._run_to_end(job, tracked, adopt, reports)
+            except Exception as exc:
+                exited = await self._fault(job, tracked, exc)
             finally:
                 self._runs.pop(job.id, None)
             await reports.send(Envelope(exited))
+
+    async def _fault(self, job: Job, tracked: _Tracked, exc: Exception) -> JobExited:
+        """The end to report for a run whose following failed with a fault of ours (or of the
+        backend's): reported as an internal error; the run, if there is one, is stopped (within
+        the grace period), so it never goes on unaccounted for.  The job fails."""
+        report_internal_error("executor", exc, f"job {job.id}, attempt {tracked.attempt}")
+        if tracked.run is not None:
+            with trio.move_on_after(self._grace + _STOP_EXTRA_S):
+                await self._terminate(tracked.run)
+        return JobExited(
+            job_id=job.id,
+            attempt=tracked.attempt,
+            cause="error",
+            finished_at=time.time(),
+            detail="internal error while running the job (the details are in the server log)",
+        )
 
     async def _run_to_end(
         self,
@@ -178,6 +208,10 @@ class Executor:
         except JobStartError as exc:
             log.warning("job %d: %s", job.id, exc.message)
             return exited("spawn_failed", None, exc.message)
+        except Exception as exc:
+            if adopt:
+                raise  # whether the run goes on is unknown: a fault (see _fault)
+            return exited("spawn_failed", None, _start_failure(job, exc))
         if isinstance(run, Ended):
             return exited("exit" if run.exit_code is not None else "vanished", run.exit_code)
         tracked.run = run
@@ -202,7 +236,29 @@ class Executor:
 
     def _stop_now(self, tracked: _Tracked) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._backend.terminate, tracked.run, self._grace)
+        self._nursery.start_soon(self._terminate, tracked.run)
+
+    async def _terminate(self, run: Any) -> None:
+        """Stop ``run`` through the backend (SIGTERM, then SIGKILL after the grace).  A fault
+        of the backend's is reported, not raised: it must not end the executor."""
+        try:
+            await self._backend.terminate(run, self._grace)
+        except Exception as exc:
+            report_internal_error("executor", exc, "stopping a run")
+
+
+def _start_failure(job: Job, exc: Exception) -> str:
+    """Why ``job`` could not start, for its ``reason``, from what its start raised.
+
+    A spec that today's validation refuses (stored by an older version) is named precisely and
+    is the job's fault; anything else is a fault of the backend's, reported as internal.
+    """
+    problem = spec_problem(job.spec)
+    if problem is not None:
+        log.warning("job %d could not start: %s", job.id, problem[1])
+        return f"could not start: {problem[1]}"
+    report_internal_error("executor", exc, f"starting job {job.id}")
+    return "could not start: internal error (the details are in the server log)"
 
 
 def _deadline(job: Job) -> float:

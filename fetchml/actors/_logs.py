@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -34,10 +35,13 @@ async def follow_log(
         finished = job.terminal
         try:
             async with await path.open("rb") as handle:
-                await handle.seek(position)
-                while chunk := await handle.read(CHUNK_BYTES):
-                    position += len(chunk)
-                    yield chunk
+                # An offset at or past the end has nothing to read (and one past what the file
+                # system can address makes seek fail).
+                if position < os.fstat(handle.fileno()).st_size:
+                    await handle.seek(position)
+                    while chunk := await handle.read(CHUNK_BYTES):
+                        position += len(chunk)
+                        yield chunk
         except FileNotFoundError:
             pass
         if not follow or finished:

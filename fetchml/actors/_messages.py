@@ -17,16 +17,12 @@ from typing import Generic, Literal, TypeVar
 import msgspec
 import trio
 
-from .._models import Job, JobEvent, JobSpec
-from ..errors import (
-    ConflictError,
-    FetchMLError,
-    InvalidSpecError,
-    JobNotFoundError,
-    SchedulerClosedError,
-)
+from .._models import Job, JobEvent, JobSpec, StatusReport
+from ..errors import FetchMLError, SchedulerClosedError
+from ..protocol import ErrorBody
 
 __all__ = [
+    "INTERNAL_MESSAGE",
     "AdoptJob",
     "Attach",
     "Attached",
@@ -43,7 +39,7 @@ __all__ = [
     "Publish",
     "ReplayNeeded",
     "StartJob",
-    "StatusReport",
+    "StatusReply",
     "StopJob",
     "Submit",
     "call",
@@ -81,31 +77,20 @@ class GetStatus(_Msg, frozen=True, kw_only=True):
     """Ask for the queue summary.  Reply: :class:`StatusReport`."""
 
 
-class StatusReport(_Msg, frozen=True, kw_only=True):
-    """Queue and resource summary at one instant.
+class StatusReply(_Msg, frozen=True, kw_only=True):
+    """The answer to :class:`GetStatus`."""
 
-    ``backend`` names the executor backend (``local``, ``ray``); ``backend_status`` is None while
-    it works and says what is wrong otherwise (``ray cluster at … unreachable: …``).
-    """
-
-    counts: dict[str, int]
-    running_by_user: dict[str, int]
-    queued_by_user: dict[str, int]
-    cpus_total: float
-    cpus_free: float
-    memory_mb_total: int
-    memory_mb_free: int
-    gpus_total: list[int]
-    gpus_free: list[int]
-    last_seq: int
-    backend: str = "local"
-    backend_status: str | None = None
+    report: StatusReport
 
 
 # --- executor ↔ scheduler ------------------------------------------------------------------
 
 # "unavailable": the backend could not be reached to start the run; it is retried later.
-ExitCause = Literal["exit", "timeout", "cancel", "vanished", "spawn_failed", "unavailable"]
+# "error": a fault of the executor's own while it started or followed the run (the job fails).
+ExitCause = Literal["exit", "timeout", "cancel", "vanished", "spawn_failed", "unavailable", "error"]
+
+# The message of every internal_error reply: the details go to the server log, never the wire.
+INTERNAL_MESSAGE = "internal server error (the details are in the server log)"
 
 
 class StartJob(_Msg, frozen=True, kw_only=True):
@@ -192,31 +177,21 @@ class Detach(_Msg, frozen=True, kw_only=True):
 
 
 class Failure(_Msg, frozen=True, kw_only=True):
-    """The terminal reply of a request that failed."""
+    """The terminal reply of a request that failed: the error as the wire carries it, and the
+    job it was about (the wire leaves that out: a client knows what it asked for)."""
 
-    code: str
-    message: str
-    field: str | None = None
+    body: ErrorBody
     job_id: int | None = None
 
     @classmethod
     def of(cls, exc: FetchMLError) -> Failure:
-        return cls(
-            code=exc.code,
-            message=exc.message,
-            field=getattr(exc, "field", None),
-            job_id=getattr(exc, "job_id", None),
-        )
+        job_id = getattr(exc, "job_id", None)
+        return cls(body=ErrorBody.of(exc), job_id=job_id if isinstance(job_id, int) else None)
 
-    def error(self) -> FetchMLError:
-        """The exception this failure stands for, rebuilt on the caller's side."""
-        if self.code == InvalidSpecError.code:
-            return InvalidSpecError(self.message, field=self.field)
-        if self.code == JobNotFoundError.code and self.job_id is not None:
-            return JobNotFoundError(self.job_id)
-        if self.code == ConflictError.code:
-            return ConflictError(self.message)
-        return FetchMLError(self.message)
+    def error(self, *, job_id: int | None = None) -> FetchMLError:
+        """The exception this failure stands for, rebuilt on the caller's side (``job_id``: the
+        job the request was about, if the failure does not name one)."""
+        return self.body.error(job_id=self.job_id if self.job_id is not None else job_id)
 
 
 Message = (
@@ -224,7 +199,7 @@ Message = (
     | Cancel
     | JobReply
     | GetStatus
-    | StatusReport
+    | StatusReply
     | StartJob
     | AdoptJob
     | StopJob

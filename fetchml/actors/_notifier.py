@@ -15,8 +15,20 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .._faults import report_internal_error
 from .._models import JobEvent
-from ._messages import Attach, Attached, Detach, Envelope, Message, Publish, ReplayNeeded
+from ..errors import InternalError
+from ._messages import (
+    INTERNAL_MESSAGE,
+    Attach,
+    Attached,
+    Detach,
+    Envelope,
+    Failure,
+    Message,
+    Publish,
+    ReplayNeeded,
+)
 
 __all__ = ["NOTIFIER_INBOX_SIZE", "RING_SIZE", "Notifier", "Sink"]
 
@@ -61,13 +73,20 @@ class Notifier:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the inbox until it closes or the task is cancelled; then close every sink.
 
-        Raises TypeError on a message it does not handle.
+        A fault while handling one message (a message it does not handle included) is
+        reported as an internal error; a request among them gets a :class:`Failure` reply.
         """
         task_status.started()
         try:
             with self._inbox:
                 async for envelope in self._inbox:
-                    self._handle(envelope)
+                    try:
+                        self._handle(envelope)
+                    except Exception as exc:
+                        report_internal_error("notifier", exc, type(envelope.msg).__name__)
+                        if isinstance(envelope.stream, Sink):
+                            envelope.stream.close("internal server error")
+                        envelope.answer(Failure.of(InternalError(INTERNAL_MESSAGE)))
         finally:
             for sink in self._all_sinks():
                 sink.close("the server is shutting down")

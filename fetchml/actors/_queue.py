@@ -13,16 +13,21 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .._models import Job, Resources
+from .._models import MAX_CPUS, Job, Resources
 
 __all__ = ["Pool", "RunQueue"]
 
 _MILLI = 1000
+# Above any pool: a stored request beyond the spec's bounds (an infinite or huge cpus from an
+# older version) counts as this much, so it never fits and never overflows the arithmetic.
+_CPU_CAP = 10 * MAX_CPUS
 
 
 def _milli(cpus: float) -> int:
     # Integer milli-cpus: sums of float cpus would drift and mis-fit after many jobs.
-    return round(cpus * _MILLI)
+    if not cpus >= 0:  # negative or NaN
+        return 0
+    return round(min(cpus, _CPU_CAP) * _MILLI)
 
 
 @dataclass(slots=True)

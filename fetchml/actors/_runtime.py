@@ -2,8 +2,9 @@
 
 ``open_scheduler`` is the embedding API: an async context manager that opens the store, starts the
 notifier, executor and scheduler actors in one nursery, and yields a :class:`Scheduler`.
-``start_actors`` does the same inside a nursery the caller owns, so the server can run its gateway
-as a sibling of the actors.
+``serve_actors`` runs the same actors as one task that a caller's nursery starts
+(``nursery.start``), so the server can run its gateway as a sibling of the actors; its fallible
+set-up, :func:`prepare_runtime`, comes first, outside any nursery.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from .._config import Config, discover_gpus, machine_memory_mb, make_config
-from .._models import Job, JobSpec, JobState, validate_spec
+from .._models import Job, JobSpec, JobState, StatusReport, check_name, validate_spec
 from ..errors import (
     FetchMLError,
     InvalidRequestError,
@@ -38,7 +40,7 @@ from ._messages import (
     GetStatus,
     JobReply,
     Message,
-    StatusReport,
+    StatusReply,
     Submit,
     call,
 )
@@ -47,7 +49,7 @@ from ._queue import Pool
 from ._scheduler import SCHEDULER_INBOX_SIZE, SchedulerActor
 from ._subscription import DEFAULT_BUFFER, Subscription
 
-__all__ = ["Scheduler", "open_scheduler", "start_actors"]
+__all__ = ["Runtime", "Scheduler", "open_scheduler", "prepare_runtime", "serve_actors"]
 
 # Most jobs one list() returns.
 MAX_LIST = 10_000
@@ -132,7 +134,7 @@ class Scheduler:
         """
         _check_user(user)
         reply = await call(self._inbox, Cancel(job_id=_check_id(job_id), user=user))
-        return _job_of(reply)
+        return _job_of(reply, job_id)
 
     async def wait(self, job_id: int) -> Job:
         """Wait until the job reaches a terminal state and return it.
@@ -171,8 +173,8 @@ class Scheduler:
     async def status(self) -> StatusReport:
         """Queue counts and resource usage right now."""
         reply = await call(self._inbox, GetStatus())
-        if isinstance(reply, StatusReport):
-            return reply
+        if isinstance(reply, StatusReply):
+            return reply.report
         raise _unexpected(reply)
 
     def log_path(self, job_id: int) -> Path:
@@ -185,8 +187,7 @@ class Scheduler:
 
 
 def _check_user(user: str) -> None:
-    if not isinstance(user, str) or not user:
-        raise InvalidRequestError("user: must be a non-empty string", field="user")
+    check_name(user, "user")
 
 
 def _check_id(job_id: int) -> int:
@@ -195,15 +196,15 @@ def _check_id(job_id: int) -> int:
     return job_id
 
 
-def _job_of(reply: Message) -> Job:
+def _job_of(reply: Message, job_id: int | None = None) -> Job:
     if isinstance(reply, JobReply):
         return reply.job
-    raise _unexpected(reply)
+    raise _unexpected(reply, job_id)
 
 
-def _unexpected(reply: Message) -> FetchMLError:
+def _unexpected(reply: Message, job_id: int | None = None) -> FetchMLError:
     if isinstance(reply, Failure):
-        return reply.error()
+        return reply.error(job_id=job_id)
     return FetchMLError(f"unexpected reply {type(reply).__name__}")
 
 
@@ -232,30 +233,60 @@ async def _make_pool(config: Config, capacity: Capacity | None) -> Pool:
     return Pool(cpus, memory, gpus)
 
 
-async def start_actors(nursery: trio.Nursery, config: Config, store: Store) -> Scheduler:
-    """Start the notifier, executor and scheduler actors in ``nursery``; return the handle.
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the actors run on, made before any of them starts: the backend and the pool of
+    resources it offers (with the backend's problem, if it cannot run anything now)."""
 
-    Waits until the scheduler has recovered from the store and accepts work.  The actors stop
-    when ``nursery`` is cancelled; running jobs keep running and are re-adopted on the next start.
-    """
+    backend: Backend[Any]
+    pool: Pool
+    problem: str | None = None
+
+
+async def prepare_runtime(config: Config) -> Runtime:
+    """The fallible part of starting the actors, done before a nursery opens, so that its
+    errors reach the caller as they are.  Raises :class:`ConfigError` (a backend that cannot be
+    used: Ray not installed).  Waits on the backend's first capacity read."""
     backend = await _make_backend(config)
     capacity = await backend.capacity()
     pool = await _make_pool(config, capacity)
+    return Runtime(backend, pool, None if capacity is None else capacity.problem)
+
+
+async def serve_actors(
+    config: Config,
+    store: Store,
+    runtime: Runtime,
+    *,
+    task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the notifier, executor and scheduler actors until cancelled.
+
+    ``task_status.started`` gets the :class:`Scheduler` handle once the scheduler has recovered
+    from the store and accepts work.  Cancelling stops the actors; running jobs keep running and
+    are re-adopted on the next start.  Raises :class:`StoreError` if the store fails.
+    """
     sched_send, sched_recv = trio.open_memory_channel[Envelope[Message]](SCHEDULER_INBOX_SIZE)
-    if capacity is not None and capacity.problem is not None:
+    if runtime.problem is not None:
         # So that the very first status says what is wrong.
-        problem = BackendCapacity(cpus=0, memory_mb=0, gpus=0, problem=capacity.problem)
+        problem = BackendCapacity(cpus=0, memory_mb=0, gpus=0, problem=runtime.problem)
         sched_send.send_nowait(Envelope(problem))
     exec_send, exec_recv = trio.open_memory_channel[Envelope[Message]](EXECUTOR_INBOX_SIZE)
     note_send, note_recv = trio.open_memory_channel[Envelope[Message]](NOTIFIER_INBOX_SIZE)
-    await nursery.start(Notifier(note_recv, store.last_seq).run)
-    executor = Executor(
-        backend, exec_recv, sched_send.clone(), kill_grace_s=config.executor.kill_grace_s
-    )
-    await nursery.start(executor.run)
-    actor = SchedulerActor(config, store, pool, sched_recv, exec_send, note_send.clone())
-    await nursery.start(actor.run)
-    return Scheduler(config, store, sched_send, note_send)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Notifier(note_recv, store.last_seq).run)
+        executor = Executor(
+            runtime.backend,
+            exec_recv,
+            sched_send.clone(),
+            kill_grace_s=config.executor.kill_grace_s,
+        )
+        await nursery.start(executor.run)
+        actor = SchedulerActor(
+            config, store, runtime.pool, sched_recv, exec_send, note_send.clone()
+        )
+        await nursery.start(actor.run)
+        task_status.started(Scheduler(config, store, sched_send, note_send))
 
 
 @asynccontextmanager
@@ -266,18 +297,26 @@ async def open_scheduler(
 
     ``config`` is a :class:`Config`, a path to a YAML file (``configs/server.yaml``) or None for
     the defaults; ``settings`` override single keys (``data_dir="runs"``, ``gpus=[0, 1]``,
-    ``max_running_per_user=2``).  Raises :class:`ConfigError` or :class:`StoreError` on start.
-    Leaving the block stops the actors but not the running jobs, which the next start re-adopts.
+    ``max_running_per_user=2``).  Raises :class:`ConfigError` or :class:`StoreError` on start,
+    as they are (not in an exception group).  Leaving the block stops the actors but not the
+    running jobs, which the next start re-adopts.
     """
     cfg = make_config(config, **settings)
+    runtime = await prepare_runtime(cfg)
     store = await Store.open(cfg.data_path, synchronous=cfg.store.synchronous)
     try:
         async with trio.open_nursery() as nursery:
-            scheduler = await start_actors(nursery, cfg, store)
+            scheduler: Scheduler = await nursery.start(serve_actors, cfg, store, runtime)
             try:
                 yield scheduler
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The actors' nursery is this API's own business: what reaches the caller is the one
+        # error inside it (the caller's own, or a StoreError), as it was raised.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()

@@ -18,11 +18,19 @@ import msgspec
 import trio
 
 from .._config import Config
-from .._models import Job, JobEvent, JobSpec, JobState
-from ..errors import ConflictError, FetchMLError, InvalidSpecError, JobNotFoundError
-from ..store import Batch, Store, now
+from .._faults import report_internal_error
+from .._models import Job, JobEvent, JobSpec, JobState, StatusReport, check_spec
+from ..errors import (
+    ConflictError,
+    FetchMLError,
+    InternalError,
+    InvalidSpecError,
+    JobNotFoundError,
+)
+from ..store import Batch, Store, Unreadable, now, unreadable_job
 from ._backend import Capacity
 from ._messages import (
+    INTERNAL_MESSAGE,
     AdoptJob,
     BackendCapacity,
     Cancel,
@@ -34,7 +42,7 @@ from ._messages import (
     Message,
     Publish,
     StartJob,
-    StatusReport,
+    StatusReply,
     StopJob,
     Submit,
 )
@@ -111,14 +119,24 @@ class SchedulerActor:
                 await self._run_pass(envelopes)
 
     async def _run_pass(self, envelopes: list[Envelope[Message]]) -> None:
-        """Apply, dispatch, commit, then answer and announce.  Waits on the store and channels."""
+        """Apply, dispatch, commit, then answer and announce.  Waits on the store and channels.
+
+        A message whose handling fails gets a :class:`Failure` reply (``internal_error`` for a
+        fault of this code, logged and counted) and the pass goes on with the others.
+        """
         step = _Pass(known_states=await self._prefetch_states(envelopes))
         for envelope in envelopes:
             try:
                 self._handle(envelope, step)
             except FetchMLError as exc:
                 step.replies.append((envelope, Failure.of(exc)))
-        self._dispatch(step)
+            except Exception as exc:
+                report_internal_error("scheduler", exc, _about(envelope.msg), logger=log)
+                step.replies.append((envelope, Failure.of(InternalError(INTERNAL_MESSAGE))))
+        try:
+            self._dispatch(step)
+        except Exception as exc:
+            report_internal_error("scheduler", exc, "dispatch", logger=log)
         await self._carry_out(step)
 
     async def _carry_out(self, step: _Pass) -> None:
@@ -151,7 +169,7 @@ class SchedulerActor:
             case JobExited() as exited:
                 self._exited(exited, step)
             case GetStatus():
-                step.replies.append((envelope, self._status()))
+                step.replies.append((envelope, StatusReply(report=self._status())))
             case BackendCapacity() as capacity:
                 self._resize(capacity)
             case other:
@@ -160,10 +178,13 @@ class SchedulerActor:
     # --- state changes ---------------------------------------------------------------------
 
     def _change(self, step: _Pass, job: Job, **changes: Any) -> Job:
-        """Record a new version of ``job`` with a fresh seq and its event, in this pass."""
+        """Record a new version of ``job`` with a fresh seq and its event, in this pass.
+
+        Raises (before anything changes) what storing it would raise: a value that cannot be
+        encoded.
+        """
         new: Job = msgspec.structs.replace(job, seq=self._store.allocate_seq(), **changes)
-        step.batch.jobs[new.id] = new
-        step.batch.events.append(JobEvent(seq=new.seq, ts=now(), job=new))
+        step.batch.add(JobEvent(seq=new.seq, ts=now(), job=new))
         if new.terminal:
             self._jobs.pop(new.id, None)
             step.finished[new.id] = new.state
@@ -310,6 +331,8 @@ class SchedulerActor:
             return JobState.TIMED_OUT, {"reason": f"timed out after {job.spec.timeout_s:g} s"}
         if exited.cause == "spawn_failed":
             return JobState.FAILED, {"reason": exited.detail or "could not start"}
+        if exited.cause == "error":
+            return JobState.FAILED, {"reason": exited.detail or "internal error"}
         if exited.cause == "vanished":
             if job.requeues < self._settings.max_requeues:
                 reason = "the process vanished without an exit status; requeued"
@@ -375,12 +398,17 @@ class SchedulerActor:
     async def _recover(self) -> None:
         """Rebuild memory from the store: queue the queued, re-adopt the running.
 
-        Waits on the store; commits the cancellations recovery decides, then dispatches.
+        Whatever is stored, this never raises for one job: a record that cannot be read is set
+        aside (the job marked ``lost``), a queued job that can no longer start (its spec breaks
+        today's rules, or it needs more than this server has) is marked ``failed`` with why.
+        Waits on the store; commits what recovery decides, then dispatches.
         """
-        active = await self._store.load_active()
+        active, unreadable = await self._store.load_active_records()
         self._jobs = {job.id: job for job in active}
         deps = {d for job in active for d in job.spec.depends_on if d not in self._jobs}
         step = _Pass(known_states=await self._store.states_of(deps) if deps else {})
+        for bad in unreadable:
+            self._set_aside(step, bad)
         for job in active:
             if job.state is JobState.RUNNING:
                 self._pool.hold(job.spec.resources, job.gpus)
@@ -389,7 +417,7 @@ class SchedulerActor:
                 if job.cancel_requested:
                     step.commands.append(StopJob(job_id=job.id, attempt=job.attempts))
             elif job.id in self._jobs:
-                self._enqueue(step, job, fresh=False)
+                self._recover_queued(step, job)
         self._dispatch(step)
         await self._carry_out(step)
         log.info(
@@ -397,3 +425,40 @@ class SchedulerActor:
             len(self._jobs) - sum(self._running_by_user.values()),
             sum(self._running_by_user.values()),
         )
+
+    def _set_aside(self, step: _Pass, bad: Unreadable) -> None:
+        """Mark a job whose record cannot be read ``lost``; the commit keeps the record apart."""
+        log.warning(
+            "job %d: its stored record cannot be read (%s); set aside", bad.job_id, bad.error
+        )
+        job = unreadable_job(bad.job_id, bad.user, bad.error, seq=self._store.allocate_seq())
+        step.batch.set_aside[job.id] = bad.error
+        step.batch.add(JobEvent(seq=job.seq, ts=now(), job=job))
+        step.finished[job.id] = job.state
+
+    def _recover_queued(self, step: _Pass, job: Job) -> None:
+        """Queue a recovered job, or fail it if it could never start here."""
+        try:
+            check_spec(job.spec)
+            problem = self._pool.check_feasible(job.spec.resources)
+            reason = None if problem is None else f"cannot run on this server: {problem}"
+        except InvalidSpecError as exc:
+            reason = f"could not start: {exc.message}"
+        if reason is None:
+            self._enqueue(step, job, fresh=False)
+            return
+        log.warning("job %d: %s", job.id, reason)
+        self._change(step, job, state=JobState.FAILED, finished_at=now(), reason=reason)
+
+
+def _about(msg: Message) -> str:
+    """What a message is about, for the log line of a fault while handling it."""
+    match msg:
+        case Submit(user=user):
+            return f"submit by {user}"
+        case Cancel(job_id=job_id, user=user):
+            return f"cancel of job {job_id} by {user}"
+        case JobExited(job_id=job_id, cause=cause):
+            return f"end ({cause}) of job {job_id}"
+        case _:
+            return type(msg).__name__

@@ -26,6 +26,8 @@ from typing import Final
 import bcrypt
 import trio
 
+from fetchml._faults import report_internal_error
+from fetchml._models import text_problem
 from fetchml.errors import AuthError, ConfigError
 
 from ._config import AuthConfig
@@ -154,7 +156,8 @@ class AuthActor:
         """Run as a supervised actor: report started, then reload the auth file until cancelled.
 
         Without a ``source`` it only waits.  Waits on the poll interval and on reload requests;
-        file reading and parsing run in a worker thread.  Raises only ``trio.Cancelled``.
+        file reading and parsing run in a worker thread.  A fault while reloading is reported as an
+        internal error and the last good config stays in force.  Raises only ``trio.Cancelled``.
         """
         task_status.started()
         if self._source is None:
@@ -164,7 +167,10 @@ class AuthActor:
                 await self._reload_requested.wait()
             forced = self._reload_requested.is_set()
             self._reload_requested = trio.Event()
-            await self.reload(force=forced)
+            try:
+                await self.reload(force=forced)
+            except Exception as exc:  # a fault of ours: the last good config stays in force
+                report_internal_error("auth", exc, "reloading the auth file", logger=log)
 
     def request_reload(self) -> None:
         """Ask :meth:`run` to re-read the auth file now (what SIGHUP does).  Waits on nothing."""
@@ -313,6 +319,8 @@ class AuthActor:
     def _probe(self, key: str) -> _Probe:
         if not key:
             raise AuthError(MISSING_KEY)
+        if text_problem(key) is not None:
+            raise AuthError(INVALID_KEY)  # no key has a NUL or a lone surrogate
         probe = _Probe(key)
         if len(probe.key) > MAX_KEY_BYTES:
             raise AuthError(INVALID_KEY)

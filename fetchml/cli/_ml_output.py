@@ -107,6 +107,17 @@ class Output:
                 self.line(line)
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters (escape sequences,
+    bidi overrides, which another user's job name could carry) shown as ``\\x1b``-style
+    escapes instead of acting on the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text
+    )
+
+
 def plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [len(h) for h in header]
     for row in rows:
@@ -139,8 +150,10 @@ def rich_table(rows: Sequence[Sequence[str]], width: int = 80) -> Any:
             min_width=size,
             max_width=size,
         )
+    from rich.markup import escape
+
     for row in rows:
-        cells = list(row)
+        cells = [escape(cell) for cell in row]  # server strings are text, never markup
         style = _STATE_STYLE.get(cells[3], "")
         cells[3] = f"[{style}]{cells[3]}[/]" if style else cells[3]
         table.add_row(*cells)
@@ -157,7 +170,7 @@ def job_row(job: Job, now: float) -> tuple[str, ...]:
     return (
         str(job.id),
         job_name(job, 30),
-        job.user,
+        printable(job.user),
         state_label(job),
         str(job.spec.priority),
         fmt_resources(job.spec.resources),
@@ -167,7 +180,7 @@ def job_row(job: Job, now: float) -> tuple[str, ...]:
 
 
 def job_name(job: Job, width: int) -> str:
-    text = job.spec.name or command_text(job.spec)
+    text = printable(job.spec.name or command_text(job.spec))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -278,7 +291,7 @@ def print_pairs(out: Output, pairs: Sequence[tuple[str, str]]) -> None:
         from rich.markup import escape
 
         for label, value in pairs:
-            out.console().print(f"[bold]{label + ':':<{width + 1}}[/] {escape(value)}")
+            out.console().print(f"[bold]{label + ':':<{width + 1}}[/] {escape(printable(value))}")
         return
     for label, value in pairs:
-        out.line(f"{label + ':':<{width + 1}} {value}")
+        out.line(f"{label + ':':<{width + 1}} {printable(value)}")

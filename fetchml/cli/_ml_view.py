@@ -23,6 +23,7 @@ from ._ml_output import (
     job_name,
     job_row,
     print_pairs,
+    printable,
     rich_table,
     state_label,
 )
@@ -71,17 +72,23 @@ async def _print_summary(client: Client, out: Output) -> None:
         report = await client.status()
     except PermissionDeniedError:
         return
-    out.console().print(f"[dim]{summary(report)}[/]")
+    from rich.markup import escape
+
+    out.console().print(f"[dim]{escape(printable(summary(report)))}[/]")
 
 
 def summary(report: ServerStatus) -> str:
+    """One line: job counts, free resources, and what is wrong with the backend, if anything."""
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.counts.items()) if n)
-    return (
+    line = (
         f"{counts or 'nothing queued or running'} · "
         f"{report.cpus_free:g}/{report.cpus_total:g} cpus, "
         f"{fmt_memory(report.memory_mb_free)}/{fmt_memory(report.memory_mb_total)} memory, "
         f"{len(report.gpus_free)}/{len(report.gpus_total)} gpus free"
     )
+    if report.backend_status is not None:
+        line += f" · {report.backend} backend: {report.backend_status} (nothing starts)"
+    return line
 
 
 class _View:

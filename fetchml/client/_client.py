@@ -121,8 +121,9 @@ class Client:
         try:
             return _job(await self._call("submit", spec=checked))
         except InvalidRequestError as exc:
-            # The server names fields of a bad submit frame as ``spec.<field>``.
-            if isinstance(exc, InvalidSpecError) or not (exc.field or "").startswith("spec."):
+            # The server names fields of a bad submit frame as ``spec.<field>``: paths in the
+            # frame.  The caller gave a spec, so its fields are named as paths in the spec.
+            if not (exc.field or "").startswith("spec."):
                 raise
             field = (exc.field or "").removeprefix("spec.")
             raise InvalidSpecError(exc.message.removeprefix("spec."), field=field) from None

@@ -8,18 +8,8 @@ embedding code does.
 
 from __future__ import annotations
 
-from fetchml.errors import (
-    AuthError,
-    ConflictError,
-    FetchMLError,
-    InvalidRequestError,
-    InvalidSpecError,
-    JobNotFoundError,
-    PermissionDeniedError,
-    RateLimitedError,
-    SchedulerClosedError,
-    SubscriberDroppedError,
-)
+from fetchml import errors
+from fetchml.errors import FetchMLError
 
 __all__ = ["ConnectionLostError", "ServerUnreachableError", "error_from_wire"]
 
@@ -49,14 +39,6 @@ class ConnectionLostError(ServerUnreachableError):
         self.close_code = close_code
 
 
-_SIMPLE: dict[str, type[FetchMLError]] = {
-    AuthError.code: AuthError,
-    ConflictError.code: ConflictError,
-    SchedulerClosedError.code: SchedulerClosedError,
-    SubscriberDroppedError.code: SubscriberDroppedError,
-}
-
-
 def error_from_wire(
     code: str,
     message: str,
@@ -68,25 +50,10 @@ def error_from_wire(
 ) -> FetchMLError:
     """The Fetch ML error for a wire error body (``job_id``: the job the request was about;
     ``retry_after``: the seconds a rate limit asks to wait, 1 s if it is not a number)."""
-    if code == RateLimitedError.code:
-        seconds = 1.0
-        if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
-            seconds = float(retry_after)
-        return RateLimitedError(message, retry_after_s=seconds)
-    if code == PermissionDeniedError.code:
-        return PermissionDeniedError(message, permission=permission)
-    if code == JobNotFoundError.code:
-        missing = JobNotFoundError(job_id if job_id is not None else 0)
-        missing.message = message
-        missing.args = (message,)
-        return missing
-    if code == InvalidSpecError.code:
-        return InvalidSpecError(message, field=field)
-    if code == InvalidRequestError.code:
-        return InvalidRequestError(message, field=field)
-    cls = _SIMPLE.get(code)
-    if cls is not None:
-        return cls(message)
-    error = FetchMLError(message)
-    error.code = code
-    return error
+    details = {
+        "field": field,
+        "permission": permission,
+        "job_id": job_id,
+        "retry_after": retry_after,
+    }
+    return errors.error_from_wire(code, message, details)

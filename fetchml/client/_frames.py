@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from fetchml._models import Job
+from fetchml._models import Job, StatusReport
 
 __all__ = [
     "Event",
@@ -60,20 +60,8 @@ class Frame(msgspec.Struct, frozen=True, kw_only=True):
     admin: bool | None = None
 
 
-class ServerStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """The queue summary (the ``status`` reply): job counts by state, per-user counts, and the
-    server's CPUs, memory and GPUs, total and free.  ``last_seq`` is the newest event's seq."""
-
-    counts: dict[str, int] = msgspec.field(default_factory=dict)
-    running_by_user: dict[str, int] = msgspec.field(default_factory=dict)
-    queued_by_user: dict[str, int] = msgspec.field(default_factory=dict)
-    cpus_total: float = 0.0
-    cpus_free: float = 0.0
-    memory_mb_total: int = 0
-    memory_mb_free: int = 0
-    gpus_total: list[int] = msgspec.field(default_factory=list)
-    gpus_free: list[int] = msgspec.field(default_factory=list)
-    last_seq: int = 0
+# The queue summary (the ``status`` reply) is the server's own struct.
+ServerStatus = StatusReport
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):

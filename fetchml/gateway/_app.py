@@ -6,18 +6,20 @@ import logging
 import math
 
 import trio
-from quart import Response, websocket
+from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .._config import ServerSettings
-from ..errors import AuthError, FetchMLError, RateLimitedError
+from .._faults import report_internal_error
+from ..actors import INTERNAL_MESSAGE
+from ..errors import AuthError, FetchMLError, InternalError, RateLimitedError
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
 from ._security import install_security
 from ._service import Service
 from ._wire import error_body
-from ._ws import Connection
+from ._ws import CLOSE_INTERNAL_ERROR, Connection
 
 __all__ = ["create_app"]
 
@@ -57,6 +59,10 @@ def create_app(
             await Connection(
                 service, closing, principal, subscriber_buffer=settings.subscriber_buffer
             ).serve()
+        except Exception as exc:  # a fault of ours in this connection's own tasks
+            user = principal.user if principal is not None else "a client"
+            report_internal_error("gateway", exc, f"a WebSocket of {user}", logger=log)
+            await websocket.close(CLOSE_INTERNAL_ERROR, "internal server error")
         finally:
             metrics.websockets.dec()
         return None
@@ -72,14 +78,18 @@ def create_app(
         message = exc.description or exc.name or "error"
         if status == 413:
             message = f"request body larger than {settings.max_body_bytes} bytes"
-        return json_response({"error": {"code": code, "message": message}}, status=status)
+        response = json_response({"error": {"code": code, "message": message}}, status=status)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # RFC 9110
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error in a request")
-        return json_response(
-            {"error": {"code": "internal", "message": "internal server error"}}, status=500
+        user = getattr(g, "fetchml_user", None) or "an unauthenticated client"
+        report_internal_error(
+            "gateway", exc, f"{request.method} {request.path} by {user}", logger=log
         )
+        return _error_response(InternalError(INTERNAL_MESSAGE))
 
     @app.after_request
     async def count(response: Response) -> Response:

@@ -8,24 +8,24 @@ the status of the error class (see ``_app.py``).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 import trio
-from quart import Quart, Response, request
+from quart import Quart, Response, g, request
 
-from .._models import JobSpec, JobState, describe_validation_error
+from .._models import JobState, decode_spec_json
 from ..auth import Principal
-from ..errors import InvalidRequestError, InvalidSpecError
+from ..errors import InvalidRequestError
 from ._metrics import Metrics
-from ._openapi import openapi_document
+from ._openapi import MAX_LIST, MAX_OFFSET, MAX_QUERY_ID, openapi_document
 from ._service import Service
 
 __all__ = ["api_key_from", "json_response", "register_http"]
 
 _json = msgspec.json.Encoder()
-_spec_decoder = msgspec.json.Decoder(JobSpec)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -42,17 +42,33 @@ def api_key_from(headers: Any) -> str | None:
     return str(key).strip() if key else None
 
 
-def _int_arg(name: str, default: int | None, *, low: int, high: int = 2**53) -> int | None:
+_DECIMAL = re.compile(r"-?[0-9]+")
+
+
+def _int_arg(name: str, default: int | None, *, low: int, high: int) -> int | None:
+    """Query parameter ``name``: a decimal integer (ASCII digits, an optional ``-``) from
+    ``low`` to ``high``, or ``default`` if absent.  Raises InvalidRequestError (400)."""
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequestError(f"{name}: not an integer: {raw!r}", field=name) from None
-    if not low <= value <= high:
+    if not _DECIMAL.fullmatch(raw):
+        raise InvalidRequestError(f"{name}: not an integer: {raw[:40]!r}", field=name)
+    # More digits than ``high`` has is out of range (and int() refuses a few thousand).
+    if len(raw.lstrip("-0")) > len(str(high)) or not low <= int(raw) <= high:
         raise InvalidRequestError(f"{name}: must be {low} to {high}", field=name)
-    return value
+    return int(raw)
+
+
+def _flag_arg(name: str) -> bool:
+    """Query parameter ``name`` as a flag: ``1``, ``true``, ``yes`` (any case) or
+    ``0``, ``false``, ``no``, empty or absent.  Raises InvalidRequestError (400)."""
+    raw = request.args.get(name, "")
+    value = raw.lower() if raw.isascii() else raw
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise InvalidRequestError(f"{name}: must be 1, true, yes, 0, false or no", field=name)
 
 
 def _states_arg() -> list[JobState] | None:
@@ -64,16 +80,6 @@ def _states_arg() -> list[JobState] | None:
     except ValueError:
         known = ", ".join(s.value for s in JobState)
         raise InvalidRequestError(f"state: unknown state; one of {known}", field="state") from None
-
-
-def _decode_spec(body: bytes) -> JobSpec:
-    try:
-        return _spec_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        field, message = describe_validation_error(exc)
-        raise InvalidSpecError(message, field=field) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequestError(f"body: invalid JSON: {exc}") from None
 
 
 async def _next_chunk(
@@ -114,6 +120,7 @@ def register_http(
         """The caller, counted against its key's rate limit.  Raises AuthError (401) and
         RateLimitedError (429).  Waits on the auth actor (and the audit log on a refusal)."""
         principal = await service.authenticate(api_key_from(request.headers))
+        g.fetchml_user = principal.user  # named in the log line of a fault in this request
         retry_after_s = service.over_limit(principal)
         if retry_after_s:
             await service.refuse_rate(principal, f"{request.method} {request.path}", retry_after_s)
@@ -141,7 +148,7 @@ def register_http(
         principal = await who()
         body = await request.get_data(as_text=False)
         assert isinstance(body, bytes)
-        spec = _decode_spec(body)
+        spec = decode_spec_json(body)
         return json_response({"job": await service.submit(principal, spec)}, status=201)
 
     @app.get("/api/v1/jobs")
@@ -151,8 +158,8 @@ def register_http(
             principal,
             user=request.args.get("user") or None,
             states=_states_arg(),
-            limit=_int_arg("limit", 100, low=1, high=10_000) or 100,
-            before_id=_int_arg("before", None, low=1),
+            limit=_int_arg("limit", 100, low=1, high=MAX_LIST) or 100,
+            before_id=_int_arg("before", None, low=1, high=MAX_QUERY_ID),
         )
         return json_response({"jobs": jobs})
 
@@ -167,8 +174,8 @@ def register_http(
     @app.get("/api/v1/jobs/<int:job_id>/logs")
     async def job_logs(job_id: int) -> Response:
         principal = await who()
-        offset = _int_arg("offset", 0, low=0) or 0
-        follow = request.args.get("follow", "").lower() in ("1", "true", "yes")
+        offset = _int_arg("offset", 0, low=0, high=MAX_OFFSET) or 0
+        follow = _flag_arg("follow")
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
         # A followed log can stream for days: it ends when the key is revoked or expires.
         ended = functools.partial(service.sessions.until_invalid, principal, request.remote_addr)

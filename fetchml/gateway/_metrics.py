@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from .._faults import internal_error_counts
 from .._models import JobState
 from ..actors import Scheduler, StatusReport
 from ._limits import Limits
@@ -71,6 +72,25 @@ class _LimitsCollector(Collector):
         yield refused
 
 
+# Where internal errors are counted (each shown, 0 until one happens).
+_FAULT_PLACES = ("scheduler", "executor", "notifier", "store", "gateway", "auth")
+
+
+class _FaultCollector(Collector):
+    """``fetchml_internal_errors_total`` by where the fault happened (see ``fetchml._faults``)."""
+
+    def collect(self) -> Iterator[Metric]:
+        counts = internal_error_counts()
+        faults = CounterMetricFamily(
+            "fetchml_internal_errors",
+            "Faults of the server's own code, each kept to one request or job (see the log)",
+            labels=["where"],
+        )
+        for where in sorted({*_FAULT_PLACES, *counts}):
+            faults.add_metric([where], counts.get(where, 0))
+        yield faults
+
+
 class Metrics:
     """The gateway's own counters, the queue gauges and the rate-limit refusals, in one registry."""
 
@@ -80,6 +100,7 @@ class Metrics:
         self.registry.register(self._queue)
         self._limits = _LimitsCollector()
         self.registry.register(self._limits)
+        self.registry.register(_FaultCollector())
         self.websockets = Gauge(
             "fetchml_websocket_connections", "Open WebSocket connections", registry=self.registry
         )

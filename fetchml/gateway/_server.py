@@ -23,7 +23,7 @@ import msgspec
 import trio
 
 from .._config import Config
-from ..actors import start_actors
+from ..actors import Scheduler, prepare_runtime, serve_actors
 from ..auth import (
     AuthActor,
     AuthConfig,
@@ -200,6 +200,7 @@ async def run_server(
     auth = _auth_actor(config, audit)
     if stop is None:  # not ``stop or ...``: a trio.Event refuses to be used as a bool
         stop = trio.Event()
+    runtime = await prepare_runtime(config)
     store = await Store.open(config.data_path, synchronous=config.store.synchronous)
     gc_thresholds = gc.get_threshold()
     if handle_signals:
@@ -207,7 +208,7 @@ async def run_server(
     try:
         async with trio.open_nursery() as supervisor:
             await supervisor.start(auth.run)
-            scheduler = await start_actors(supervisor, config, store)
+            scheduler: Scheduler = await supervisor.start(serve_actors, config, store, runtime)
             # Everything recovery loaded (every unfinished job) lives as long as the server: move
             # it out of the collector's reach so full collections stop rescanning it.
             if handle_signals:

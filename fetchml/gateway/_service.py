@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from .._config import LimitsSettings
-from .._models import Job, JobSpec, JobState, validate_spec
+from .._models import Job, JobSpec, JobState, text_problem, validate_spec
 from ..actors import Scheduler, StatusReport, Subscription
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
 from ..errors import (
@@ -81,6 +81,8 @@ class Service:
                 if not self.auth.config.enabled:
                     return await self.auth.authenticate("")
                 raise AuthError("missing API key")
+            if text_problem(key) is not None:
+                raise AuthError("invalid API key")  # no key has a NUL or a lone surrogate
             cached = self.auth.authenticate_cached(key)
             if cached is not None:
                 return cached

@@ -8,12 +8,15 @@ its request.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import msgspec
 
-from .._models import JobSpec, JobState, describe_validation_error
+from .._models import JobSpec, JobState, describe_validation_error, surrogate_path
 from ..errors import FetchMLError, InvalidRequestError, InvalidSpecError
+from ..protocol import ErrorBody
+from ..protocol._peek import json_request_id, msgpack_request_id
 
 __all__ = [
     "AuthOp",
@@ -155,20 +158,59 @@ def decode_request(
     except msgspec.ValidationError as exc:
         return codec, None, _recover_id(codec, raw), _bad_frame(exc)
     except msgspec.DecodeError as exc:
+        if not codec.binary:
+            surrogate = _lone_surrogate(data if isinstance(data, str) else "")
+            if surrogate is not None:
+                return codec, None, *surrogate
         return codec, None, None, InvalidRequestError(f"malformed frame: {exc}")
+    except RecursionError:  # msgspec's own, for a frame nested deeper than it decodes
+        error = InvalidRequestError("malformed frame: nested too deeply")
+        return codec, None, _peek_id(codec, raw), error
+    except UnicodeDecodeError as exc:  # msgspec's own, for some strings that are not UTF-8
+        return (
+            codec,
+            None,
+            None,
+            InvalidRequestError(f"malformed frame: a string is not UTF-8 ({exc.reason})"),
+        )
     return codec, request, request.id, None
+
+
+def _peek_id(codec: Codec, raw: bytes) -> int | None:
+    """The id of a frame nested too deeply to decode, read without decoding it."""
+    return msgpack_request_id(raw) if codec.binary else json_request_id(raw)
+
+
+def _lone_surrogate(text: str) -> tuple[int | None, FetchMLError] | None:
+    """(request id, error) for a JSON frame that msgspec refused only for a lone surrogate
+    escape (``"\\ud800"``, which it reports as truncated input), or None if that is not it.
+    The standard library's decoder accepts those, which lets the error name the field."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    path = surrogate_path(frame)
+    if path is None:
+        return None
+    rid = _valid_id(frame.get("id")) if isinstance(frame, dict) else None
+    message = f"{path or 'frame'}: not valid Unicode (a lone surrogate)"
+    if path == "spec" or path.startswith("spec."):
+        return rid, InvalidSpecError(message, field=path)
+    return rid, InvalidRequestError(message, field=path or None)
+
+
+def _valid_id(rid: object) -> int | None:
+    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= 2**53:
+        return rid
+    return None
 
 
 def _recover_id(codec: Codec, raw: bytes) -> int | None:
     try:
         frame = codec._decode_any(raw)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(frame, dict):
-        rid = frame.get("id")
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid <= 2**53:
-            return rid
-    return None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return _peek_id(codec, raw)  # too deep, or a string that is not Unicode
+    return _valid_id(frame.get("id")) if isinstance(frame, dict) else None
 
 
 def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
@@ -179,28 +221,14 @@ def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
             f"unknown op {message.removeprefix('op: Invalid value ')}; known ops: {known}",
             field="op",
         )
-    if "Expected `object`" in str(exc):
+    if field is None and "Expected `object`" in str(exc):
         return InvalidRequestError("a frame must be a map with 'op' and 'id'")
-    if field is not None and field.startswith("spec."):
+    if field is not None and (field == "spec" or field.startswith("spec.")):
         # The same error class (and code) as HTTP gives for the spec; the path stays the frame's.
         return InvalidSpecError(message, field=field)
     return InvalidRequestError(message, field=field)
 
 
-def error_body(exc: FetchMLError) -> dict[str, Any]:
-    """The ``{"code", "message"}`` error object of the wire protocol and the HTTP API.
-
-    Plus ``field`` or ``permission`` where the error names one, and ``retry_after`` (seconds)
-    for a rate limit.
-    """
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    field = getattr(exc, "field", None)
-    if field is not None:
-        body["field"] = field
-    permission = getattr(exc, "permission", None)
-    if permission is not None:
-        body["permission"] = permission
-    retry_after = getattr(exc, "retry_after_s", None)
-    if retry_after is not None:
-        body["retry_after"] = max(0.001, round(retry_after, 3))  # seconds
-    return body
+def error_body(exc: FetchMLError) -> ErrorBody:
+    """The ``{"code", "message", ...}`` error object of the wire protocol and the HTTP API."""
+    return ErrorBody.of(exc)

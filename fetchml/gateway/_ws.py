@@ -21,12 +21,15 @@ from quart import websocket
 from quart.globals import websocket_ctx
 from quart.wrappers import Websocket
 
-from ..actors import Subscription
+from .._faults import report_internal_error
+from ..actors import INTERNAL_MESSAGE, Subscription
 from ..auth import Principal
 from ..errors import (
     AuthError,
     FetchMLError,
+    InternalError,
     InvalidRequestError,
+    InvalidSpecError,
     PermissionDeniedError,
     RateLimitedError,
     SubscriberDroppedError,
@@ -34,6 +37,8 @@ from ..errors import (
 from ._audit import source_address
 from ._service import Service
 from ._wire import (
+    JSON,
+    MSGPACK,
     AuthOp,
     CancelOp,
     Codec,
@@ -57,6 +62,7 @@ log = logging.getLogger("fetchml.gateway")
 MAX_IN_FLIGHT = 64
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class Connection:
@@ -102,18 +108,39 @@ class Connection:
                     self._slots.acquire_nowait()  # receive() has just been a checkpoint
                 except trio.WouldBlock:
                     await self._slots.acquire()
-                codec, request, rid, error = decode_request(data)
-                if request is None:
-                    self._slots.release()
-                    assert error is not None
-                    await self._reply_error(codec, rid, error)
-                elif isinstance(request, AuthOp | SubscribeOp):
-                    try:
-                        await self._answer(codec, request)
-                    finally:
-                        self._slots.release()
-                else:
-                    nursery.start_soon(self._answer_and_release, codec, request)
+                await self._take(data, nursery)
+
+    async def _take(self, data: bytes | str, nursery: trio.Nursery) -> None:
+        """Decode one frame and answer it (``auth`` and ``subscribe`` before the next frame is
+        read, other ops in a task of their own); holds a slot until it is answered.
+
+        A fault of ours while decoding is answered as an ``internal_error`` (reported), like a
+        fault while performing the op; the connection goes on.  Waits on sending the reply.
+        """
+        try:
+            codec, request, rid, error = decode_request(data)
+        except Exception as exc:
+            self._slots.release()
+            report_internal_error(
+                "gateway", exc, f"a WebSocket frame of {self._user()}", logger=log
+            )
+            codec = MSGPACK if isinstance(data, bytes) else JSON
+            await self._reply_error(codec, None, InternalError(INTERNAL_MESSAGE))
+            return
+        if request is None:
+            self._slots.release()
+            assert error is not None
+            await self._reply_error(codec, rid, error)
+        elif isinstance(request, AuthOp | SubscribeOp):
+            try:
+                await self._answer(codec, request)
+            finally:
+                self._slots.release()
+        else:
+            nursery.start_soon(self._answer_and_release, codec, request)
+
+    def _user(self) -> str:
+        return self._who.user if self._who is not None else "an unauthenticated client"
 
     def _watch(self) -> None:
         """Watch the connection's current key from now on (ending the watch of the one before)."""
@@ -182,9 +209,11 @@ class Connection:
             ):
                 await self._close(CLOSE_POLICY, "authentication failed")
             return
-        except Exception:
-            log.exception("op %s failed", type(request).__name__)
-            await self._reply_error(codec, request.id, FetchMLError("internal server error"))
+        except Exception as exc:
+            op = str(request.__struct_config__.tag)
+            what = f"op {op} by {self._user()}{_job_of(request)}"
+            report_internal_error("gateway", exc, what, logger=log)
+            await self._reply_error(codec, request.id, InternalError(INTERNAL_MESSAGE))
             return
         await self._send(codec, {"re": request.id, "ok": True, **payload})
 
@@ -208,7 +237,15 @@ class Connection:
             case WhoamiOp():
                 return service.whoami(who)
             case SubmitOp(spec=spec):
-                return {"job": await service.submit(who, spec)}
+                try:
+                    return {"job": await service.submit(who, spec)}
+                except InvalidSpecError as exc:
+                    # Fields are paths in the frame, as for the errors its decoding finds.
+                    if exc.field is None:
+                        raise
+                    raise InvalidSpecError(
+                        f"spec.{exc.message}", field=f"spec.{exc.field}"
+                    ) from None
             case GetOp(job_id=job_id):
                 return {"job": await service.get(who, job_id)}
             case ListOp(user=user, state=state, limit=limit, before=before):
@@ -273,11 +310,19 @@ class Connection:
         log forwarders run in a nursery inside it and ``unsubscribe`` cancels both.
         """
         with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._forward_events, codec, sub_id, subscription)
-                if chunks is not None:
-                    assert job_id is not None
-                    nursery.start_soon(self._forward_logs, codec, sub_id, job_id, offset, chunks)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._forward_events, codec, sub_id, subscription)
+                    if chunks is not None:
+                        assert job_id is not None
+                        nursery.start_soon(
+                            self._forward_logs, codec, sub_id, job_id, offset, chunks
+                        )
+            except Exception as exc:
+                # A fault of ours: this client cannot tell what it missed; others go on.
+                what = f"subscription {sub_id} of {self._user()}"
+                report_internal_error("gateway", exc, what, logger=log)
+                await self._close(CLOSE_INTERNAL_ERROR, "internal server error")
 
     async def _forward_events(self, codec: Codec, sub_id: int, subscription: Subscription) -> None:
         try:
@@ -313,3 +358,9 @@ class Connection:
     async def _send(self, codec: Codec, payload: Mapping[str, Any]) -> None:
         assert self._ws is not None
         await self._ws.send(codec.frame(payload))
+
+
+def _job_of(request: Request) -> str:
+    """`` on job N`` for an op about one job, else empty: for the log line of a fault."""
+    job_id = getattr(request, "job_id", None)
+    return f" on job {job_id}" if job_id is not None else ""

@@ -27,6 +27,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_job ON events(job_id, seq);
     CREATE INDEX events_user ON events(user, seq);
     """,
+    # 2: stored job records that could not be read, set aside (the job itself is marked lost).
+    """
+    CREATE TABLE quarantine (
+        job_id     INTEGER NOT NULL,
+        seq        INTEGER,
+        data       BLOB,
+        error      TEXT    NOT NULL,
+        ts         REAL    NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,6 +13,7 @@ reader see the last committed state while a commit is in flight.
 from __future__ import annotations
 
 import gc
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,11 +24,14 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from .._models import Job, JobEvent, JobState
+from .._faults import report_internal_error
+from .._models import Job, JobEvent, JobSpec, JobState
 from ..errors import StoreError
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Batch", "Store"]
+__all__ = ["Batch", "Store", "Unreadable", "unreadable_job"]
+
+log = logging.getLogger("fetchml.store")
 
 T = TypeVar("T")
 
@@ -38,15 +42,72 @@ _CONNECTION_THREADS = 1
 DB_NAME = "fetchml.db"
 
 
+_JobRow = tuple[int, str, str, int, bytes]
+_EventRow = tuple[int, int, str, float, bytes]
+
+
 @dataclass
 class Batch:
-    """The state changes of one scheduler pass: the latest version of each job and its events."""
+    """The state changes of one scheduler pass: its events, and the latest version of each job.
 
-    jobs: dict[int, Job] = field(default_factory=dict)
+    Each event is encoded once, as it is added (its job's row and its event row hold the same
+    bytes), so a value that cannot be stored fails in :meth:`add`, while the one message that
+    made it is handled, not in the commit of the whole pass.
+    """
+
     events: list[JobEvent] = field(default_factory=list)
+    # Active jobs whose stored record could not be read, by id: why.  The commit copies the
+    # record into the quarantine table before the job's new version replaces it.
+    set_aside: dict[int, str] = field(default_factory=dict)
+    _jobs: dict[int, _JobRow] = field(default_factory=dict)
+    _events: list[_EventRow] = field(default_factory=list)
+
+    def add(self, event: JobEvent) -> None:
+        """Record ``event`` and its job's new version.  Raises what encoding raises (a string
+        that is not valid Unicode); nothing is recorded then."""
+        job = event.job
+        data = _job_encoder.encode(job)
+        self._jobs[job.id] = (job.id, job.user, job.state.value, job.seq, data)
+        self._events.append((event.seq, job.id, job.user, event.ts, data))
+        self.events.append(event)
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.events)
+        return bool(self._jobs or self.set_aside)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A stored job record that could not be decoded: its id, its owner, and why."""
+
+    job_id: int
+    user: str
+    error: str
+
+
+def unreadable_job(job_id: int, user: str, error: str, *, seq: int = 0) -> Job:
+    """The stand-in for a job whose stored record cannot be read: ``lost``, saying why."""
+    return Job(
+        id=job_id,
+        user=user,
+        spec=JobSpec(command=["<unreadable>"]),
+        state=JobState.LOST,
+        seq=seq,
+        created_at=0.0,
+        reason=f"its stored record could not be read ({error}); it was set aside",
+    )
+
+
+def _decode(data: object, job_id: object) -> Job | str:
+    """The job stored as ``data`` under ``job_id``, or why it cannot be read."""
+    if not isinstance(data, bytes):
+        return f"not a record: {type(data).__name__}"
+    try:
+        job = _job_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        return str(exc)
+    if job.id != job_id:
+        return f"the record of job {job.id} is stored as job {job_id}"
+    return job
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -89,6 +150,7 @@ class Store:
         self.next_seq = 1 + (writer.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
         self._committed_seq = self.next_seq - 1
         self.closed = False
+        self._reported: set[int] = set()  # unreadable jobs already logged by this process
 
     @classmethod
     async def open(cls, data_dir: Path, *, synchronous: str = "full") -> Store:
@@ -111,7 +173,7 @@ class Store:
 
         try:
             return await trio.to_thread.run_sync(_open)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the job store in {data_dir}: {exc}") from None
 
     async def aclose(self) -> None:
@@ -145,23 +207,23 @@ class Store:
 
         Raises :class:`StoreError` if the transaction fails; nothing of the batch is then stored.
         """
-        jobs = [
-            (job.id, job.user, job.state.value, job.seq, _job_encoder.encode(job))
-            for job in batch.jobs.values()
-        ]
-        events = [
-            (ev.seq, ev.job.id, ev.job.user, ev.ts, _job_encoder.encode(ev.job))
-            for ev in batch.events
-        ]
+        jobs = list(batch._jobs.values())
+        events = batch._events
+        aside = [(error, now(), job_id) for job_id, error in batch.set_aside.items()]
 
         def _commit() -> None:
             conn = self._writer
             conn.execute("BEGIN")
             try:
                 conn.executemany(
+                    "INSERT INTO quarantine(job_id, seq, data, error, ts) "
+                    "SELECT id, seq, data, ?, ? FROM jobs WHERE id = ?",
+                    aside,
+                )
+                conn.executemany(
                     "INSERT INTO jobs(id, user, state, seq, data) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET state=excluded.state, seq=excluded.seq, "
-                    "data=excluded.data",
+                    "ON CONFLICT(id) DO UPDATE SET user=excluded.user, state=excluded.state, "
+                    "seq=excluded.seq, data=excluded.data",
                     jobs,
                 )
                 conn.executemany(
@@ -176,6 +238,20 @@ class Store:
         await self._in_thread(self._write_limiter, _commit)
         if batch.events:
             self._committed_seq = max(self._committed_seq, batch.events[-1].seq)
+
+    def _job_of(self, job_id: object, user: object, data: object) -> Job:
+        """The job of one stored row, or, for a record that cannot be read, its lost stand-in
+        (reported once per job as an internal error of the store)."""
+        job = _decode(data, job_id)
+        if isinstance(job, Job):
+            return job
+        number = int(job_id)  # type: ignore[call-overload]
+        if number not in self._reported:
+            self._reported.add(number)
+            report_internal_error(
+                "store", StoreError(f"unreadable record: {job}"), f"job {number}", logger=log
+            )
+        return unreadable_job(number, str(user), job)
 
     @staticmethod
     async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[[], T]) -> T:
@@ -193,8 +269,8 @@ class Store:
 
     async def get(self, job_id: int) -> Job | None:
         """The job with ``job_id``, or None.  Waits on the reader thread."""
-        rows = await self._query("SELECT data FROM jobs WHERE id = ?", (job_id,))
-        return _job_decoder.decode(rows[0][0]) if rows else None  # type: ignore[arg-type]
+        rows = await self._query("SELECT id, user, data FROM jobs WHERE id = ?", (job_id,))
+        return self._job_of(*rows[0]) if rows else None
 
     async def list_jobs(
         self,
@@ -218,9 +294,9 @@ class Store:
             where.append("id < ?")
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT data FROM jobs {clause} ORDER BY id DESC LIMIT ?"
+        sql = f"SELECT id, user, data FROM jobs {clause} ORDER BY id DESC LIMIT ?"
         rows = await self._query(sql, [*params, limit])
-        return [_job_decoder.decode(row[0]) for row in rows]  # type: ignore[arg-type]
+        return [self._job_of(*row) for row in rows]
 
     async def events_after(
         self,
@@ -243,31 +319,49 @@ class Store:
         if user is not None:
             where.append("user = ?")
             params.append(user)
-        sql = f"SELECT seq, ts, data FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        sql = (
+            f"SELECT seq, ts, job_id, user, data FROM events WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
         rows = await self._query(sql, [*params, limit])
         return [
-            JobEvent(seq=seq, ts=ts, job=_job_decoder.decode(data))  # type: ignore[arg-type]
-            for seq, ts, data in rows
+            JobEvent(seq=seq, ts=ts, job=self._job_of(job_id, user, data))  # type: ignore[arg-type]
+            for seq, ts, job_id, user, data in rows
         ]
 
     async def load_active(self) -> list[Job]:
-        """Every queued or running job, in id (submission) order.  Used once, at start."""
+        """Every queued or running job whose record can be read, in id (submission) order."""
+        jobs, _ = await self.load_active_records()
+        return jobs
 
-        def _load() -> list[Job]:
+    async def load_active_records(self) -> tuple[list[Job], list[Unreadable]]:
+        """Every queued or running job, in id (submission) order, and the active rows whose
+        record cannot be read (for the scheduler to set aside).  Used once, at start."""
+
+        def _load() -> tuple[list[Job], list[Unreadable]]:
             rows = self._reader.execute(
-                "SELECT data FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
+                "SELECT id, user, data FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
             )
-            decode = _job_decoder.decode
+            jobs: list[Job] = []
+            unreadable: list[Unreadable] = []
             # Decoding creates several container objects per job, none of them in a cycle; left
             # on, the cyclic GC rescans the growing list again and again (100,000 jobs: 0.8 s of
             # decoding becomes 0.1 s; one full pass is still paid later, when it resumes).
             collecting = gc.isenabled()
             gc.disable()
             try:
-                return [decode(row[0]) for row in rows]
+                for job_id, user, data in rows:
+                    job = _decode(data, job_id)
+                    if isinstance(job, str):
+                        unreadable.append(Unreadable(int(job_id), str(user), job))
+                    elif job.terminal:
+                        log.warning("job %d: its record says %s, not active", job.id, job.state)
+                    else:
+                        jobs.append(job)
             finally:
                 if collecting:
                     gc.enable()
+            return jobs, unreadable
 
         return await self._in_thread(self._read_limiter, _load)
 
@@ -280,8 +374,17 @@ class Store:
             rows = await self._query(
                 f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", chunk
             )
-            found.update((int(i), JobState(str(s))) for i, s in rows)  # type: ignore[call-overload]
+            found.update((int(i), _state(s)) for i, s in rows)  # type: ignore[call-overload]
         return found
+
+
+def _state(value: object) -> JobState:
+    """A stored state; one this version does not know counts as ``lost`` (it is terminal, and
+    not a success: what depends on it is cancelled)."""
+    try:
+        return JobState(str(value))
+    except ValueError:
+        return JobState.LOST
 
 
 def now() -> float:

@@ -573,6 +573,19 @@ class RawWs:
         frame = wsevents.BytesMessage(data=msgpack.packb(payload))
         await self.stream.send_all(self.ws.send(frame))
 
+    async def send_bytes(self, data: bytes) -> None:
+        """One binary frame of ``data`` as it is (not msgpack-encoded)."""
+        await self.stream.send_all(self.ws.send(wsevents.BytesMessage(data=data)))
+
+    async def read_to_eof(self, within: float = 10.0) -> bytes:
+        """Read until the server closes the TCP connection; what arrived before (no frames
+        are expected after the close handshake)."""
+        data = b""
+        with trio.fail_after(within):
+            while chunk := await self.stream.receive_some(65536):
+                data += chunk
+        return data
+
     async def read_until_close(self, within: float = 10.0) -> tuple[list[Any], int, str]:
         """Read every frame until the server's close; return (frames, code, reason)."""
         frames: list[Any] = self.frames
@@ -701,11 +714,23 @@ class ServerProcess:
                 await self.proc.wait()
 
 
+# What the server logs for a fault of its own code (fetchml._faults.report_internal_error).
+INTERNAL_ERROR_LINE = "internal error in "
+
+
 @contextlib.asynccontextmanager
 async def server_process(
-    args: list[str], *, cwd: Path, port: int | None = None, wait_up: bool = True
+    args: list[str],
+    *,
+    cwd: Path,
+    port: int | None = None,
+    wait_up: bool = True,
+    internal_errors: bool = False,
 ) -> AsyncIterator[ServerProcess]:
-    """Run ``fetchml serve ARGS --port PORT`` for the block; SIGKILLed if still running at exit."""
+    """Run ``fetchml serve ARGS --port PORT`` for the block; SIGKILLed if still running at exit.
+
+    Fails if the server logged an internal error, unless ``internal_errors`` says to expect some.
+    """
     server = ServerProcess(args, cwd=cwd, port=port or free_port())
     async with trio.open_nursery() as nursery:
         try:
@@ -713,3 +738,5 @@ async def server_process(
             yield server
         finally:
             await server.kill()
+    if not internal_errors:
+        assert INTERNAL_ERROR_LINE not in server.stderr, f"internal error(s):\n{server.stderr}"

@@ -1,0 +1,5 @@
+"""The wire protocol, one definition shared by the server, the client and the actors."""
+
+from ._errors import ErrorBody
+
+__all__ = ["ErrorBody"]
