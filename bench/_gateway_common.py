@@ -291,7 +291,7 @@ def _run_fetchml(config_path: str) -> None:
 
     from fetchml._config import load_config
     from fetchml._logging import setup_logging
-    from fetchml.gateway import run_server
+    from fetchml.server import run_server
 
     raise_fd_limit()
     config = load_config(config_path)
@@ -320,12 +320,12 @@ def _run_bare(port: int) -> None:
 
     from fetchml._config import make_config
     from fetchml._logging import setup_logging
-    from fetchml.gateway import _hypercorn_fix
-    from fetchml.gateway._server import GC_THRESHOLDS, _hypercorn_config
+    from fetchml.gateway import apply_hypercorn_fixes
+    from fetchml.server._main import GC_THRESHOLDS, _hypercorn_config
 
     raise_fd_limit()
     setup_logging("warning")
-    _hypercorn_fix.apply()
+    apply_hypercorn_fixes()
     gc.set_threshold(*GC_THRESHOLDS)  # the process settings of run_server, for a fair baseline
     app = QuartTrio("bare")
 

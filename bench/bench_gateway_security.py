@@ -157,7 +157,7 @@ def check_tls_only(port: int, key: str) -> str:
 def check_audit(path: Path, enabled: bool) -> str:
     """Raise CheckFailed unless the audit log at ``path`` has one ``submit`` line per
     acknowledged submit and an intact chain (``enabled``), or no such line (not ``enabled``)."""
-    from fetchml.gateway._audit import verify_chain
+    from fetchml.audit import verify_chain
 
     lines = path.read_bytes().splitlines() if path.exists() else []
     decode = msgspec.json.Decoder(dict[str, Any]).decode

@@ -30,7 +30,7 @@ from _common import USER, line
 
 import fetchml
 from fetchml import JobState
-from fetchml.actors._ray import INSTANCE_FILE
+from fetchml.actors.backends._ray import INSTANCE_FILE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 

@@ -47,7 +47,7 @@ FIELDS = (
     "experiment",
 )
 RESOURCE_FIELDS = ("cpus", "memory_mb", "gpus")
-# Ops of the WebSocket protocol, but ``auth``: a failed auth op closes the connection (1008).
+# Ops of the WebSocket protocol, but ``auth``: a failed auth op closes the connection (4001).
 WS_OPS = ("whoami", "submit", "get", "list", "cancel", "status", "subscribe", "unsubscribe")
 WS_ARGS = ("job_id", "spec", "user", "state", "limit", "before", "since", "logs", "offset", "sub")
 # Error codes of a client's mistake (HTTP 4xx); anything else for a hostile input is a bug.

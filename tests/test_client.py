@@ -24,7 +24,6 @@ from fetchml.client import (
     ServerUnreachableError,
     connect,
 )
-from fetchml.client._frames import Frame
 from fetchml.errors import (
     AuthError,
     ConflictError,
@@ -32,7 +31,9 @@ from fetchml.errors import (
     JobNotFoundError,
     PermissionDeniedError,
 )
-from fetchml.gateway import run_server
+from fetchml.protocol import JobUpdate as JobEvent
+from fetchml.protocol import Subscribed
+from fetchml.server import run_server
 
 
 def sh(script: str, **fields: object) -> dict[str, object]:
@@ -208,6 +209,11 @@ async def test_server_shutdown_ends_requests_and_subscriptions(data_dir: Path) -
                     await client.whoami()
 
 
+def _frame(payload: msgspec.Struct) -> bytes:
+    """A frame as the server sends it."""
+    return msgspec.msgpack.encode(payload)
+
+
 class _FakeSocket:
     """Stands in for the WebSocket: records the requests sent."""
 
@@ -235,13 +241,13 @@ async def test_events_that_overtake_the_subscribe_reply_are_kept() -> None:
             (request,) = socket.sent
             assert request["op"] == "subscribe"
             # the server may send a subscription's first event before the reply naming it
-            client._dispatch(Frame(ev="job", seq=5, sub=1, job=job))
-            client._dispatch(Frame(re=cast(int, request["id"]), ok=True, sub=1, since=4))
+            client._dispatch(_frame(JobEvent(seq=5, sub=1, job=job)))
+            client._dispatch(_frame(Subscribed(re=cast(int, request["id"]), sub=1, since=4)))
             first = await events.__anext__()
             assert isinstance(first, JobUpdate)
             assert first.seq == events.last_seq == 5
             # events of a subscription already gone are dropped, not kept for later
-            client._dispatch(Frame(ev="job", seq=6, sub=0, job=job))
+            client._dispatch(_frame(JobEvent(seq=6, sub=0, job=job)))
             assert client._early == {}
             await client.aclose()
             with pytest.raises(StopAsyncIteration):

@@ -21,7 +21,7 @@ import trio
 
 from fetchml import Config, make_config
 from fetchml.auth import generate_key, hash_key, key_id_of
-from fetchml.gateway import run_server
+from fetchml.server import run_server
 
 ROLES = {"admin": "admin", "bob": "researcher", "carol": "analyst"}
 KEYS: dict[str, str] = {user: generate_key()[1] for user in ROLES}

@@ -19,8 +19,8 @@ from helpers.core import open_sched, until
 import fetchml
 from fetchml import ConfigError, InternalError, Job, JobSpec, JobState, Resources, StoreError
 from fetchml.actors import LocalBackend, _runtime
-from fetchml.actors._local import LocalRun
 from fetchml.actors._scheduler import SchedulerActor
+from fetchml.actors.backends import LocalRun
 from fetchml.store import DB_NAME
 
 TRUE = ["/bin/true"]
@@ -173,10 +173,10 @@ async def test_a_fault_while_handling_one_request_answers_only_that_request(
 ) -> None:
     original = SchedulerActor._submit
 
-    def buggy_submit(self: SchedulerActor, spec: JobSpec, user: str, step: Any) -> Job:
+    def buggy_submit(self: SchedulerActor, spec: JobSpec, *args: Any) -> Job:
         if spec.name == "boom":
             raise KeyError("a bug in submit")
-        return original(self, spec, user, step)
+        return original(self, spec, *args)
 
     monkeypatch.setattr(SchedulerActor, "_submit", buggy_submit)
     results: dict[str, Any] = {}

@@ -76,7 +76,7 @@ WITHIN = 20.0  # one request and its checks, at most (a hang fails the example)
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out", "lost")
 ENDED = STATES[2:]
 CLOSE_TOO_BIG = 1009
-CLOSE_POLICY = 1008
+CLOSE_AUTH_FAILED = 4001
 
 FUZZ = settings(
     max_examples=150,
@@ -505,7 +505,7 @@ def test_ws_hostile_frames(live: Live, frame: Frame) -> None:
 
 async def ws_auth_example(base: str, key: str, binary: bool, value: Any) -> None:
     """An ``auth`` op with a hostile key on a fresh connection: one error reply; then the
-    connection is either closed (1008) or still answers (``unauthorized``: not signed in)."""
+    connection is either closed (4001) or still answers (``unauthorized``: not signed in)."""
     frame = Frame(binary, {"op": "auth", "id": 7, "key": value}, rid=7)
     with trio.fail_after(WITHIN):
         async with ws_connect(base, None, text=not binary) as ws:
@@ -528,7 +528,7 @@ async def ws_auth_example(base: str, key: str, binary: bool, value: Any) -> None
                 except ConnectionClosed as closed:
                     close_code = closed.reason.code if closed.reason is not None else None
                 if answer is None:
-                    assert close_code == CLOSE_POLICY, close_code
+                    assert close_code == CLOSE_AUTH_FAILED, close_code
                 else:
                     assert answer.get("re") == 8, f"a second reply: {answer}"
                     assert answer.get("ok") is False, answer

@@ -437,7 +437,7 @@ async def test_ws_op_without_key(world: World, op: str) -> None:
             assert reply["ok"] is False
             assert reply["error"] == {"code": "unauthorized", "message": "missing API key"}
             code, _ = await ws.closed()
-            assert code == 1008
+            assert code == 4001  # authentication failed
             return
         rid = ws.next_id()
         args = {"job_id": world.parked["alice"]} if op in ("get", "cancel") else {}
@@ -472,7 +472,7 @@ async def test_ws_op_with_wrong_key(world: World, op: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # the server may have closed already
             await ws.send({"op": op, "id": op_id, **args})
         code, _ = await ws.closed()
-    assert code == 1008
+    assert code == 4001  # authentication failed
     replies = [frame for frames in ws.replies.values() for frame in frames]
     # One reply, to the auth op; the request behind it was never read.
     assert replies == [

@@ -316,7 +316,7 @@ async def test_wrong_keys_ban_the_address_until_the_ban_ends(
             assert reply["error"]["code"] == "rate_limited"
             assert reply["error"]["retry_after"] > 0
             code, _ = await ws.closed(within=5)
-            assert code == 1008
+            assert code == 4001  # authentication failed
         assert checks == []  # no bcrypt work for a banned address
         assert (await s.request("GET", "/health")).status == 200
         assert await rate_limited_total(base, "ban") == 3
@@ -364,7 +364,7 @@ async def test_a_banned_address_gets_a_clear_message_from_ml(tmp_path: Path) -> 
         # Wrong keys by an auth op and on the upgrade count alike.
         async with ws_connect(base) as ws:
             assert (await ws.call("auth", key="wrong-key-0"))["ok"] is False
-            assert (await ws.closed())[0] == 1008
+            assert (await ws.closed())[0] == 4001  # authentication failed
         for n in (1, 2):
             with pytest.raises(fetchml.AuthError):
                 async with connect(base, f"wrong-key-{n}"):

@@ -37,7 +37,7 @@ from ray.job_submission import JobSubmissionClient
 
 import fetchml
 from fetchml import JobState
-from fetchml.actors._ray import INSTANCE_FILE, submission_id
+from fetchml.actors.backends._ray import INSTANCE_FILE, submission_id
 
 CLUSTER_CPUS = HEAD_CPUS + WORKER_CPUS
 WITHIN = 60.0  # generous: the machine may be busy with other tests

@@ -19,10 +19,10 @@ import fetchml
 from fetchml import Job, JobSpec, JobState, Resources
 from fetchml._config import SchedulerSettings, make_config
 from fetchml.actors import _runtime
-from fetchml.actors._backend import Backend, Capacity, Ended
 from fetchml.actors._queue import Pool
-from fetchml.actors._ray import _instance_id, entrypoint, submission_id
-from fetchml.actors._ray_client import (
+from fetchml.actors.backends import Backend, Capacity, Ended
+from fetchml.actors.backends._ray import _instance_id, entrypoint, submission_id
+from fetchml.actors.backends._ray_client import (
     RayDuplicate,
     RayNotFound,
     RayRejected,
@@ -30,7 +30,7 @@ from fetchml.actors._ray_client import (
     _from_runtime_error,
     _translated,
 )
-from fetchml.actors._ray_logs import LogPump
+from fetchml.actors.backends._ray_logs import LogPump
 from fetchml.errors import BackendUnavailableError, ConfigError
 
 # --- entrypoint and ids -------------------------------------------------------------------

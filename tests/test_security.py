@@ -17,11 +17,11 @@ from helpers.gateway import (
     ws_upgrade_refusal,
 )
 
+from fetchml.audit import GENESIS, verify_chain
 from fetchml.auth import parse_auth_config
 from fetchml.auth._config import to_builtins
 from fetchml.cli import main as fetchml_main
 from fetchml.errors import ConfigError
-from fetchml.gateway._audit import GENESIS, verify_chain
 
 ORIGIN = "https://lab.example.org"
 JOB = {"command": ["true"], "resources": {"cpus": 1}}
@@ -290,7 +290,7 @@ def test_audit_verify_real_chain_tampered(
     """Edit a line of a log the server wrote (json with separators, real hashes)."""
     import trio
 
-    from fetchml.gateway._audit import AuditLog
+    from fetchml.audit import AuditLog
 
     path = tmp_path / "audit.log"
 

@@ -35,8 +35,7 @@ from fetchml.cli import ml_main
 from fetchml.client import ServerUnreachableError, connect, load_settings, write_config
 from fetchml.client._tls import client_ssl_context
 from fetchml.errors import ConfigError
-from fetchml.gateway import run_server
-from fetchml.gateway._tls import server_ssl_context
+from fetchml.server import run_server, server_ssl_context
 
 JOB = {"command": ["sh", "-c", "echo over-tls"], "resources": {"cpus": 1}}
 CURL = ["curl", "-s", "--max-time", "5", "-i"]

@@ -22,7 +22,6 @@ import trio
 from .._faults import report_internal_error
 from .._models import Job, spec_problem
 from ..errors import BackendUnavailableError, JobStartError
-from ._backend import Backend, Capacity, Ended
 from ._messages import (
     AdoptJob,
     BackendCapacity,
@@ -33,6 +32,7 @@ from ._messages import (
     StartJob,
     StopJob,
 )
+from .backends import Backend, Capacity, Ended
 
 __all__ = ["EXECUTOR_INBOX_SIZE", "Executor"]
 

@@ -54,10 +54,15 @@ class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class Submit(_Msg, frozen=True, kw_only=True):
-    """Queue a validated spec for ``user``.  Reply: the stored :class:`Job`, or a Failure."""
+    """Queue a validated spec for ``user``.  Reply: the stored :class:`Job`, or a Failure.
+
+    ``visible_owners`` is whose jobs ``user`` may name in ``depends_on`` (None: anyone's); a
+    dependency on another job is refused as unknown, like a missing one.
+    """
 
     spec: JobSpec
     user: str
+    visible_owners: tuple[str, ...] | None = None
 
 
 class Cancel(_Msg, frozen=True, kw_only=True):

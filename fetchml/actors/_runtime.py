@@ -19,7 +19,15 @@ from typing import Any
 import trio
 
 from .._config import Config, discover_gpus, machine_memory_mb, make_config
-from .._models import Job, JobSpec, JobState, StatusReport, check_name, validate_spec
+from .._models import (
+    Job,
+    JobSpec,
+    JobState,
+    StatusReport,
+    check_name,
+    check_spec,
+    validate_spec,
+)
 from ..errors import (
     FetchMLError,
     InvalidRequestError,
@@ -28,9 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..store import Store
-from ._backend import Backend, Capacity
 from ._executor import EXECUTOR_INBOX_SIZE, Executor
-from ._local import LocalBackend, log_path
 from ._logs import follow_log
 from ._messages import (
     BackendCapacity,
@@ -48,6 +54,7 @@ from ._notifier import NOTIFIER_INBOX_SIZE, Notifier
 from ._queue import Pool
 from ._scheduler import SCHEDULER_INBOX_SIZE, SchedulerActor
 from ._subscription import DEFAULT_BUFFER, Subscription
+from .backends import Backend, Capacity, LocalBackend, log_path
 
 __all__ = ["Runtime", "Scheduler", "open_scheduler", "prepare_runtime", "serve_actors"]
 
@@ -79,8 +86,23 @@ class Scheduler:
         Raises :class:`InvalidSpecError` naming the field for a bad spec (nothing is stored).
         Waits on the scheduler's inbox and on the commit.
         """
+        return await self._submit(validate_spec(spec), user, None)
+
+    async def submit_decoded(
+        self, spec: JobSpec, *, user: str, visible_owners: tuple[str, ...] | None = None
+    ) -> Job:
+        """Queue a spec that msgspec decoded from the wire (decoding checked its types and
+        bounds; a struct built in Python has had no such check: use :meth:`submit`).  Only the
+        checks a schema cannot express run again.  ``visible_owners`` is whose jobs ``user`` may
+        name in ``depends_on`` (None: anyone's); another's is refused as unknown.
+
+        Raises and waits as :meth:`submit` does.
+        """
+        return await self._submit(check_spec(spec), user, visible_owners)
+
+    async def _submit(self, spec: JobSpec, user: str, visible: tuple[str, ...] | None) -> Job:
         _check_user(user)
-        reply = await call(self._inbox, Submit(spec=validate_spec(spec), user=user))
+        reply = await call(self._inbox, Submit(spec=spec, user=user, visible_owners=visible))
         return _job_of(reply)
 
     async def get(self, job_id: int) -> Job:
@@ -211,7 +233,7 @@ def _unexpected(reply: Message, job_id: int | None = None) -> FetchMLError:
 async def _make_backend(config: Config) -> Backend[Any]:
     """The backend ``executor.backend`` names.  Raises :class:`ConfigError` (Ray not installed)."""
     if config.executor.backend == "ray":
-        from ._ray import RayBackend  # Ray itself is imported only now
+        from .backends._ray import RayBackend  # Ray itself is imported only now
 
         return await RayBackend.create(config.data_path, config.executor.ray)
     return LocalBackend(config.data_path)

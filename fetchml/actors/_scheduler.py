@@ -28,7 +28,6 @@ from ..errors import (
     JobNotFoundError,
 )
 from ..store import Batch, Store, Unreadable, now, unreadable_job
-from ._backend import Capacity
 from ._messages import (
     INTERNAL_MESSAGE,
     AdoptJob,
@@ -47,6 +46,7 @@ from ._messages import (
     Submit,
 )
 from ._queue import Pool, RunQueue
+from .backends import Capacity
 
 __all__ = ["MAX_PASS", "SCHEDULER_INBOX_SIZE", "SchedulerActor"]
 
@@ -67,6 +67,9 @@ class _Pass:
     commands: list[StartJob | AdoptJob | StopJob] = field(default_factory=list)
     finished: dict[int, JobState] = field(default_factory=dict)
     known_states: dict[int, JobState] = field(default_factory=dict)
+    # Owners of the jobs this pass refers to that are not in memory (ended, or read from the
+    # store), for the visibility of dependencies.
+    owners: dict[int, str] = field(default_factory=dict)
 
 
 class SchedulerActor:
@@ -124,7 +127,11 @@ class SchedulerActor:
         A message whose handling fails gets a :class:`Failure` reply (``internal_error`` for a
         fault of this code, logged and counted) and the pass goes on with the others.
         """
-        step = _Pass(known_states=await self._prefetch_states(envelopes))
+        facts = await self._prefetch(envelopes)
+        step = _Pass(
+            known_states={job_id: state for job_id, (state, _) in facts.items()},
+            owners={job_id: owner for job_id, (_, owner) in facts.items()},
+        )
         for envelope in envelopes:
             try:
                 self._handle(envelope, step)
@@ -149,8 +156,11 @@ class SchedulerActor:
         for command in step.commands:
             await self._executor.send(Envelope(command))
 
-    async def _prefetch_states(self, envelopes: Iterable[Envelope[Message]]) -> dict[int, JobState]:
-        """States of the finished jobs this pass refers to (they live only in the store)."""
+    async def _prefetch(
+        self, envelopes: Iterable[Envelope[Message]]
+    ) -> dict[int, tuple[JobState, str]]:
+        """(state, owner) of the finished jobs this pass refers to (they live only in the
+        store), read in one query."""
         wanted: set[int] = set()
         for envelope in envelopes:
             match envelope.msg:
@@ -158,12 +168,13 @@ class SchedulerActor:
                     wanted.update(d for d in spec.depends_on if d not in self._jobs)
                 case Cancel(job_id=job_id) if job_id not in self._jobs:
                     wanted.add(job_id)
-        return await self._store.states_of(wanted) if wanted else {}
+        return await self._store.facts_of(wanted) if wanted else {}
 
     def _handle(self, envelope: Envelope[Message], step: _Pass) -> None:
         match envelope.msg:
-            case Submit(spec=spec, user=user):
-                step.replies.append((envelope, JobReply(job=self._submit(spec, user, step))))
+            case Submit(spec=spec, user=user, visible_owners=visible):
+                job = self._submit(spec, user, visible, step)
+                step.replies.append((envelope, JobReply(job=job)))
             case Cancel(job_id=job_id, user=user):
                 self._cancel(envelope, job_id, user, step)
             case JobExited() as exited:
@@ -188,10 +199,15 @@ class SchedulerActor:
         if new.terminal:
             self._jobs.pop(new.id, None)
             step.finished[new.id] = new.state
+            step.owners[new.id] = new.user
             self._settle(step, new)
         else:
             self._jobs[new.id] = new
         return new
+
+    def _owner_of(self, job_id: int, step: _Pass) -> str | None:
+        job = self._jobs.get(job_id)
+        return job.user if job is not None else step.owners.get(job_id)
 
     def _state_of(self, job_id: int, step: _Pass) -> JobState | None:
         job = self._jobs.get(job_id)
@@ -199,13 +215,18 @@ class SchedulerActor:
             return job.state
         return step.finished.get(job_id) or step.known_states.get(job_id)
 
-    def _submit(self, spec: JobSpec, user: str, step: _Pass) -> Job:
+    def _submit(
+        self, spec: JobSpec, user: str, visible: tuple[str, ...] | None, step: _Pass
+    ) -> Job:
+        """Queue a new job.  Raises InvalidSpecError for resources this server cannot give and
+        for a dependency that does not exist or whose owner is not in ``visible`` (None: any
+        owner): both read "unknown job", so ``depends_on`` cannot probe other users' jobs."""
         problem = self._pool.check_feasible(spec.resources)
         if problem is not None:
             raise InvalidSpecError(problem, field=problem.split(":", 1)[0])
-        states = [self._state_of(dep, step) for dep in spec.depends_on]
-        for index, (dep, state) in enumerate(zip(spec.depends_on, states, strict=True)):
-            if state is None:
+        for index, dep in enumerate(spec.depends_on):
+            owner = self._owner_of(dep, step)
+            if self._state_of(dep, step) is None or (visible is not None and owner not in visible):
                 raise InvalidSpecError(
                     f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
                 )

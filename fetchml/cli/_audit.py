@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..gateway._audit import verify_chain
+    from ..audit import verify_chain
 
     try:
         with open(args.file, "rb") as f:

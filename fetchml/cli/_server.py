@@ -71,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     import trio
 
     from .._logging import setup_logging
-    from ..gateway import run_server
+    from ..server import run_server
 
     config = _load(args)
     setup_logging(config.logging.level, config.logging.format)
@@ -80,8 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ..gateway import load_auth
-    from ..gateway._tls import server_ssl_context
+    from ..server import load_auth, server_ssl_context
 
     config = _load(args)
     tls = config.server.tls

@@ -23,10 +23,12 @@
 ``ml config init``.  It speaks the WebSocket protocol (msgpack frames) of the server.
 """
 
+from fetchml._models import StatusReport as ServerStatus
+from fetchml.protocol import Event, Identity, JobUpdate, LogChunk, LogEnd
+
 from ._client import Client
 from ._connect import DEFAULT_CONNECT_TIMEOUT, connect
 from ._errors import ConnectionLostError, ServerUnreachableError
-from ._frames import Event, Identity, JobUpdate, LogChunk, LogEnd, ServerStatus
 from ._settings import (
     DEFAULT_URL,
     ENV_CA_FILE,

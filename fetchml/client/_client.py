@@ -10,7 +10,7 @@ import builtins
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import trio
@@ -20,7 +20,7 @@ from trio_websocket import (
     WebSocketConnection,
 )
 
-from fetchml._models import Job, JobSpec, JobState, validate_spec
+from fetchml._models import Job, JobSpec, JobState, StatusReport, validate_spec
 from fetchml.errors import (
     AuthError,
     FetchMLError,
@@ -29,20 +29,36 @@ from fetchml.errors import (
     RateLimitedError,
     SubscriberDroppedError,
 )
-
-from ._errors import ConnectionLostError, error_from_wire
-from ._frames import (
-    Frame,
-    Identity,
+from fetchml.protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_GOING_AWAY,
+    CLOSE_TOO_SLOW,
+    CancelOp,
+    ErrorReply,
+    GetOp,
+    IdentityReply,
+    JobReply,
+    JobsReply,
     JobUpdate,
-    ServerStatus,
-    decode_frame,
-    encode_request,
-    event_of,
+    ListOp,
+    Request,
+    StatusOp,
+    StatusReply,
+    SubmitOp,
+    Subscribed,
+    SubscribeOp,
+    Unsubscribed,
+    UnsubscribeOp,
+    WhoamiOp,
 )
+
+from ._errors import ConnectionLostError
+from ._frames import FrameDecoder, encode_request
 from ._subscription import DEFAULT_BUFFER, Subscription
 
 __all__ = ["Client"]
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 # Seconds closing the connection waits for the server's close frame.
 _CLOSE_S: Final = 2.0
@@ -55,11 +71,15 @@ _NO_KEY_HINT: Final = "no API key given (set FETCHML_API_KEY or run `ml config i
 
 
 class _Pending:
-    __slots__ = ("done", "error", "frame", "on_reply")
+    """A request waiting for its reply: the reply type it expects, then the reply (or the error
+    that ended the wait)."""
 
-    def __init__(self, on_reply: Callable[[Frame], None] | None) -> None:
+    __slots__ = ("done", "error", "expected", "on_reply", "reply")
+
+    def __init__(self, expected: type[msgspec.Struct], on_reply: Callable[[Any], None] | None):
         self.done = trio.Event()
-        self.frame: Frame | None = None
+        self.expected = expected
+        self.reply: msgspec.Struct | None = None
         self.error: FetchMLError | None = None
         self.on_reply = on_reply
 
@@ -98,18 +118,13 @@ class Client:
         self._newest_sub = 0
         self._lost: Callable[[], FetchMLError] | None = None
         self._closing = False
+        self._frames = FrameDecoder()
 
     # --- operations ---------------------------------------------------------------------------
 
-    async def whoami(self) -> Identity:
-        """The user the key belongs to, with roles and permissions."""
-        frame = await self._call("whoami")
-        return Identity(
-            user=frame.user or "",
-            roles=frame.roles or [],
-            permissions=frame.permissions or [],
-            admin=bool(frame.admin),
-        )
+    async def whoami(self) -> IdentityReply:
+        """The user the key belongs to, with roles and permissions (an :class:`Identity`)."""
+        return await self._call(WhoamiOp(id=0), IdentityReply)
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Queue a job; returns it as stored.  Raises InvalidSpecError, PermissionDeniedError.
@@ -119,7 +134,7 @@ class Client:
         """
         checked = validate_spec(spec)
         try:
-            return _job(await self._call("submit", spec=checked))
+            return (await self._call(SubmitOp(id=0, spec=checked), JobReply)).job
         except InvalidRequestError as exc:
             # The server names fields of a bad submit frame as ``spec.<field>``: paths in the
             # frame.  The caller gave a spec, so its fields are named as paths in the spec.
@@ -130,18 +145,15 @@ class Client:
 
     async def get(self, job_id: int) -> Job:
         """The job's current version.  Raises JobNotFoundError."""
-        return _job(await self._call("get", job_id=job_id))
+        return (await self._call(GetOp(id=0, job_id=job_id), JobReply, job_id=job_id)).job
 
     async def cancel(self, job_id: int) -> Job:
         """Cancel a job; returns it once it has ended.  Raises ConflictError if already ended."""
-        return _job(await self._call("cancel", job_id=job_id))
+        return (await self._call(CancelOp(id=0, job_id=job_id), JobReply, job_id=job_id)).job
 
-    async def status(self) -> ServerStatus:
+    async def status(self) -> StatusReport:
         """The queue summary: counts by state, per-user counts, free and total resources."""
-        frame = await self._call("status")
-        if frame.status is None:
-            raise FetchMLError("the server's status reply has no status")
-        return frame.status
+        return (await self._call(StatusOp(id=0), StatusReply)).status
 
     async def list(
         self,
@@ -154,9 +166,9 @@ class Client:
         """Jobs the key may see, newest first: only ``user``'s, only in ``state`` (one or more),
         at most ``limit``, with ids below ``before`` (for paging)."""
         states = [state] if isinstance(state, str) else state
-        wire_states = None if states is None else [_state_name(s) for s in states]
-        frame = await self._call("list", user=user, state=wire_states, limit=limit, before=before)
-        return frame.jobs or []
+        wire_states = None if states is None else [JobState(_state_name(s)) for s in states]
+        request = ListOp(id=0, user=user, state=wire_states, limit=limit, before=before)
+        return (await self._call(request, JobsReply)).jobs
 
     def subscribe(
         self,
@@ -223,9 +235,15 @@ class Client:
     # --- requests and replies -----------------------------------------------------------------
 
     async def _call(
-        self, op: str, *, on_reply: Callable[[Frame], None] | None = None, **args: Any
-    ) -> Frame:
-        """Send one request and wait for its reply; raise the error it reports.
+        self,
+        request: Request,
+        expected: type[R],
+        *,
+        on_reply: Callable[[R], None] | None = None,
+        job_id: int | None = None,
+    ) -> R:
+        """Send ``request`` (its id is set here) and wait for its reply, of type ``expected``;
+        raise the error it reports (``job_id``: the job it was about, for ``not_found``).
 
         A ``rate_limited`` refusal (the request did nothing) is retried after the wait the
         server names while the waits add up to at most ``rate_limit_wait_s``.
@@ -233,7 +251,7 @@ class Client:
         waited = 0.0
         while True:
             try:
-                return await self._call_once(op, on_reply=on_reply, **args)
+                return await self._call_once(request, expected, on_reply, job_id)
             except RateLimitedError as exc:
                 wait = max(exc.retry_after_s, 0.001)
                 if waited + wait > self._rate_limit_wait_s:
@@ -242,16 +260,21 @@ class Client:
                 await trio.sleep(wait)
 
     async def _call_once(
-        self, op: str, *, on_reply: Callable[[Frame], None] | None = None, **args: Any
-    ) -> Frame:
+        self,
+        request: Request,
+        expected: type[R],
+        on_reply: Callable[[R], None] | None,
+        job_id: int | None,
+    ) -> R:
         if self._lost is not None:
             raise self._lost()
         request_id = next(self._ids)
-        pending = _Pending(on_reply)
+        pending = _Pending(expected, on_reply)
         self._pending[request_id] = pending
         try:
+            frame = encode_request(msgspec.structs.replace(request, id=request_id))
             try:
-                await self._ws.send_message(encode_request(op, request_id, args))
+                await self._ws.send_message(frame)
             except ConnectionClosed as exc:
                 self._ended(exc.reason)
             await pending.done.wait()
@@ -259,26 +282,16 @@ class Client:
             self._pending.pop(request_id, None)
         if pending.error is not None:
             raise pending.error
-        frame = pending.frame
-        assert frame is not None
-        if not frame.ok:
-            raise self._error_of(frame, args.get("job_id"))
-        return frame
+        reply = pending.reply
+        if isinstance(reply, ErrorReply):
+            raise self._error_of(reply, job_id)
+        assert isinstance(reply, expected)
+        return reply
 
-    def _error_of(self, frame: Frame, job_id: int | None) -> FetchMLError:
-        body = frame.error
-        if body is None:
-            return FetchMLError("the server reported an error without a body")
-        if body.code == AuthError.code and self._key is None:
+    def _error_of(self, reply: ErrorReply, job_id: int | None) -> FetchMLError:
+        if reply.error.code == AuthError.code and self._key is None:
             return AuthError(_NO_KEY_HINT)
-        return error_from_wire(
-            body.code,
-            body.message,
-            field=body.field,
-            permission=body.permission,
-            job_id=job_id,
-            retry_after=body.retry_after,
-        )
+        return reply.error.error(job_id=job_id)
 
     async def _read_frames(self) -> None:
         """The reader task: dispatch every frame until the connection ends."""
@@ -286,42 +299,54 @@ class Client:
             while True:
                 data = await self._ws.get_message()
                 try:
-                    frame = decode_frame(data)
-                except msgspec.MsgspecError as exc:
+                    self._dispatch(data)
+                except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
                     self._ended(
                         None, detail=f"the server sent a frame this client cannot read: {exc}"
                     )
                     await self._ws.aclose(1002, "undecodable frame")
                     return
-                self._dispatch(frame)
         except ConnectionClosed as exc:
             self._ended(exc.reason)
 
-    def _dispatch(self, frame: Frame) -> None:
-        if frame.re is not None:
-            pending = self._pending.get(frame.re)
+    def _dispatch(self, data: bytes | str) -> None:
+        """Hand one frame to the request or subscription it is for.  Raises msgspec errors for
+        a frame that is not what the protocol says."""
+        head = self._frames.head(data)
+        if head.re is not None:
+            pending = self._pending.get(head.re)
             if pending is None:
-                if frame.ok and frame.sub is not None and frame.since is not None:
-                    # A subscribe whose caller was cancelled: do not leave it running.
-                    self._abandon_subscription(frame.sub)
+                if head.ok:
+                    self._stray_reply(data, head)
                 return
-            if frame.ok and pending.on_reply is not None:
-                pending.on_reply(frame)
-            pending.frame = frame
+            reply = self._frames.reply(data, head, pending.expected)
+            if pending.on_reply is not None and not isinstance(reply, ErrorReply):
+                pending.on_reply(reply)
+            pending.reply = reply
             pending.done.set()
             return
-        if frame.ev is None or frame.sub is None:
+        if head.ev is None:
             return
-        event = event_of(frame)
+        event = self._frames.event(data)
         if event is None:
-            return
-        sub = self._subs.get(frame.sub)
+            return  # of a kind this client does not know
+        sub = self._subs.get(event.sub)
         if sub is not None:
             sub._deliver(event)
-        elif frame.sub > self._newest_sub:
-            early = self._early.setdefault(frame.sub, [])
+        elif event.sub > self._newest_sub:
+            early = self._early.setdefault(event.sub, [])
             if len(early) < _EARLY_EVENTS:
                 early.append(event)
+
+    def _stray_reply(self, data: bytes | str, head: msgspec.Struct) -> None:
+        """A reply nobody waits for: if it opened a subscription (its caller was cancelled),
+        do not leave that running."""
+        try:
+            opened = self._frames.reply(data, head, Subscribed)  # type: ignore[arg-type]
+        except msgspec.ValidationError:
+            return
+        if isinstance(opened, Subscribed):
+            self._abandon_subscription(opened.sub)
 
     def _ended(self, reason: CloseReason | None, *, detail: str | None = None) -> None:
         """The connection is over: fail what waits on it, end every subscription."""
@@ -344,11 +369,11 @@ class Client:
             message = "the connection was closed by this client"
         elif detail is not None:
             message = detail
-        elif code == 1008 and text.startswith("too slow"):
+        elif code == CLOSE_TOO_SLOW:
             return lambda: SubscriberDroppedError(f"the server dropped this connection: {text}")
-        elif code == 1008 and "authentication" in text:
+        elif code == CLOSE_AUTH_FAILED:
             return lambda: AuthError(text)
-        elif code == 1001:
+        elif code == CLOSE_GOING_AWAY:
             message = f"the server at {self.url} is shutting down"
         else:
             why = f" ({code}{': ' + text if text else ''})" if code is not None else ""
@@ -358,31 +383,30 @@ class Client:
     # --- subscriptions ------------------------------------------------------------------------
 
     async def _open_subscription(self, sub: Subscription) -> None:
-        def opened(frame: Frame) -> None:
-            assert frame.sub is not None
-            self._newest_sub = max(self._newest_sub, frame.sub)
-            self._subs[frame.sub] = sub
-            sub._opened(frame.sub, frame.since)
-            for event in self._early.pop(frame.sub, ()):
+        def opened(reply: Subscribed) -> None:
+            self._newest_sub = max(self._newest_sub, reply.sub)
+            self._subs[reply.sub] = sub
+            sub._opened(reply.sub, reply.since)
+            for event in self._early.pop(reply.sub, ()):
                 sub._deliver(event)
             for stale in [s for s in self._early if s <= self._newest_sub]:
                 del self._early[stale]
 
-        await self._call(
-            "subscribe",
-            on_reply=opened,
+        request = SubscribeOp(
+            id=0,
             job_id=sub.job_id,
             since=sub.since,
-            logs=True if sub.logs else None,
-            offset=sub.offset if sub.logs and sub.offset else None,
+            logs=sub.logs,
+            offset=sub.offset if sub.logs else 0,
         )
+        await self._call(request, Subscribed, on_reply=opened, job_id=sub.job_id)
 
     def _forget_subscription(self, sub_id: int) -> None:
         self._subs.pop(sub_id, None)
 
     async def _unsubscribe(self, sub_id: int) -> None:
         if self._lost is None:
-            await self._call("unsubscribe", sub=sub_id)
+            await self._call(UnsubscribeOp(id=0, sub=sub_id), Unsubscribed)
 
     def _abandon_subscription(self, sub_id: int) -> None:
         """Drop a subscription nobody reads, unsubscribing in the background."""
@@ -403,9 +427,3 @@ def _state_name(state: JobState | str) -> str:
         raise InvalidRequestError(
             f"state: unknown state {state!r}; one of {known}", field="state"
         ) from None
-
-
-def _job(frame: Frame) -> Job:
-    if frame.job is None:
-        raise FetchMLError("the server's reply has no job")
-    return frame.job

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Final, cast
 from urllib.parse import urlsplit
 
-import msgspec
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -22,7 +21,7 @@ from trio_websocket import (
 from fetchml.errors import AuthError, FetchMLError
 
 from ._client import Client
-from ._errors import ServerUnreachableError, error_from_wire
+from ._errors import ServerUnreachableError, http_error
 from ._settings import Settings, load_settings, websocket_url
 from ._tls import client_ssl_context, describe_tls_failure
 
@@ -209,16 +208,9 @@ def _connect_error(exc: BaseException, settings: Settings) -> BaseException:
 
 
 def _rejected(exc: ConnectionRejected, url: str) -> FetchMLError:
-    try:
-        body = msgspec.json.decode(exc.body or b"{}")
-        error = body["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        code, message = "", ""
-    if exc.status_code in (401, 403, 429) and code:
-        return error_from_wire(
-            code, message, permission=error.get("permission"), retry_after=error.get("retry_after")
-        )
+    error = http_error(exc.body) if exc.status_code in (401, 403, 429) else None
+    if error is not None:
+        return error
     return ServerUnreachableError(
         f"the server at {url} refused the WebSocket connection (HTTP {exc.status_code}); "
         "is this the URL of a Fetch ML server?",

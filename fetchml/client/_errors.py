@@ -1,17 +1,19 @@
-"""Errors of the protocol client, and the mapping of wire error bodies to Fetch ML error classes.
+"""Errors of the protocol client itself, and the errors of HTTP error bodies.
 
 Every error the server reports arrives as ``{"code", "message"}`` (plus ``field``,
-``permission`` or ``retry_after`` where it has one); :func:`error_from_wire` turns it back into
-the class the server raised, so client code catches the same :mod:`fetchml.errors` classes as
-embedding code does.
+``permission`` or ``retry_after`` where it has one), decoded into
+:class:`fetchml.protocol.ErrorBody`, whose ``error()`` rebuilds the class the server raised
+(the registry in :mod:`fetchml.errors`): client code catches the same classes as embedding code.
 """
 
 from __future__ import annotations
 
-from fetchml import errors
-from fetchml.errors import FetchMLError
+import msgspec
 
-__all__ = ["ConnectionLostError", "ServerUnreachableError", "error_from_wire"]
+from fetchml.errors import FetchMLError
+from fetchml.protocol import ErrorEnvelope
+
+__all__ = ["ConnectionLostError", "ServerUnreachableError", "http_error"]
 
 
 class ServerUnreachableError(FetchMLError):
@@ -39,21 +41,14 @@ class ConnectionLostError(ServerUnreachableError):
         self.close_code = close_code
 
 
-def error_from_wire(
-    code: str,
-    message: str,
-    *,
-    field: str | None = None,
-    permission: str | None = None,
-    job_id: int | None = None,
-    retry_after: object = None,
-) -> FetchMLError:
-    """The Fetch ML error for a wire error body (``job_id``: the job the request was about;
-    ``retry_after``: the seconds a rate limit asks to wait, 1 s if it is not a number)."""
-    details = {
-        "field": field,
-        "permission": permission,
-        "job_id": job_id,
-        "retry_after": retry_after,
-    }
-    return errors.error_from_wire(code, message, details)
+_envelope = msgspec.json.Decoder(ErrorEnvelope)
+
+
+def http_error(body: bytes | None, *, job_id: int | None = None) -> FetchMLError | None:
+    """The error an HTTP error body (``{"error": {"code", "message", ...}}``) stands for, or
+    None if the body is not one (not a Fetch ML server, or a proxy's page)."""
+    try:
+        envelope = _envelope.decode(body or b"")
+    except msgspec.DecodeError:
+        return None
+    return envelope.error.error(job_id=job_id)

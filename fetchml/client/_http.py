@@ -9,11 +9,9 @@ from __future__ import annotations
 import http.client
 from urllib.parse import urlsplit
 
-import msgspec
-
 from fetchml.errors import FetchMLError
 
-from ._errors import ServerUnreachableError, error_from_wire
+from ._errors import ServerUnreachableError, http_error
 from ._settings import http_url
 from ._tls import client_ssl_context, describe_tls_failure
 
@@ -61,16 +59,5 @@ def fetch_log(
 
 
 def _http_error(status: int, body: bytes, job_id: int) -> FetchMLError:
-    try:
-        error = msgspec.json.decode(body)["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
-        return FetchMLError(f"the server answered HTTP {status}")
-    return error_from_wire(
-        code,
-        message,
-        field=error.get("field"),
-        permission=error.get("permission"),
-        job_id=job_id,
-        retry_after=error.get("retry_after"),
-    )
+    error = http_error(body, job_id=job_id)
+    return error if error is not None else FetchMLError(f"the server answered HTTP {status}")

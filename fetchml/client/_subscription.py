@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from fetchml.errors import FetchMLError, SubscriberDroppedError
-
-from ._frames import Event, JobUpdate
+from fetchml.protocol import Event, JobUpdate
 
 if TYPE_CHECKING:
     from ._client import Client

@@ -1,7 +1,13 @@
-"""The gateway: HTTP (``/api/v1``) and WebSocket (``/ws``) on one port, served by hypercorn."""
+"""The gateway: HTTP (``/api/v1``) and WebSocket (``/ws``) over the actors and auth.
+
+An adapter, not the place the server is wired together (that is :mod:`fetchml.server`):
+:func:`create_app` builds the Quart-Trio app around a :class:`Service`, and
+:func:`apply_hypercorn_fixes` patches the hypercorn worker it is served by.
+"""
 
 from ._app import create_app
-from ._server import load_auth, run_server
+from ._hypercorn_fix import abort_connections
+from ._hypercorn_fix import apply as apply_hypercorn_fixes
 from ._service import Service
 
-__all__ = ["Service", "create_app", "load_auth", "run_server"]
+__all__ = ["Service", "abort_connections", "apply_hypercorn_fixes", "create_app"]

@@ -14,12 +14,12 @@ from .._config import ServerSettings
 from .._faults import report_internal_error
 from ..actors import INTERNAL_MESSAGE
 from ..errors import AuthError, FetchMLError, InternalError, RateLimitedError
+from ..protocol import CLOSE_INTERNAL_ERROR, ErrorBody, ErrorEnvelope
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
 from ._security import install_security
 from ._service import Service
-from ._wire import error_body
-from ._ws import CLOSE_INTERNAL_ERROR, Connection
+from ._ws import Connection
 
 __all__ = ["create_app"]
 
@@ -78,7 +78,8 @@ def create_app(
         message = exc.description or exc.name or "error"
         if status == 413:
             message = f"request body larger than {settings.max_body_bytes} bytes"
-        response = json_response({"error": {"code": code, "message": message}}, status=status)
+        body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
+        response = json_response(body, status=status)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # RFC 9110
         return response
@@ -100,7 +101,7 @@ def create_app(
 
 
 def _error_response(exc: FetchMLError) -> Response:
-    response = json_response({"error": error_body(exc)}, status=exc.status)
+    response = json_response(ErrorEnvelope(error=ErrorBody.of(exc)), status=exc.status)
     if isinstance(exc, AuthError):
         response.headers["WWW-Authenticate"] = 'Bearer realm="fetchml"'
     elif isinstance(exc, RateLimitedError):

@@ -19,6 +19,7 @@ from quart import Quart, Response, g, request
 from .._models import JobState, decode_spec_json
 from ..auth import Principal
 from ..errors import InvalidRequestError
+from ..protocol import Health, JobBody, JobsBody, StatusBody
 from ._metrics import Metrics
 from ._openapi import MAX_LIST, MAX_OFFSET, MAX_QUERY_ID, openapi_document
 from ._service import Service
@@ -128,7 +129,7 @@ def register_http(
 
     @app.get("/health")
     async def health() -> Response:
-        return json_response({"status": "ok"})
+        return json_response(Health())
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -149,7 +150,7 @@ def register_http(
         body = await request.get_data(as_text=False)
         assert isinstance(body, bytes)
         spec = decode_spec_json(body)
-        return json_response({"job": await service.submit(principal, spec)}, status=201)
+        return json_response(JobBody(job=await service.submit(principal, spec)), status=201)
 
     @app.get("/api/v1/jobs")
     async def list_jobs() -> Response:
@@ -161,15 +162,15 @@ def register_http(
             limit=_int_arg("limit", 100, low=1, high=MAX_LIST) or 100,
             before_id=_int_arg("before", None, low=1, high=MAX_QUERY_ID),
         )
-        return json_response({"jobs": jobs})
+        return json_response(JobsBody(jobs=jobs))
 
     @app.get("/api/v1/jobs/<int:job_id>")
     async def get_job(job_id: int) -> Response:
-        return json_response({"job": await service.get(await who(), job_id)})
+        return json_response(JobBody(job=await service.get(await who(), job_id)))
 
     @app.post("/api/v1/jobs/<int:job_id>/cancel")
     async def cancel_job(job_id: int) -> Response:
-        return json_response({"job": await service.cancel(await who(), job_id)})
+        return json_response(JobBody(job=await service.cancel(await who(), job_id)))
 
     @app.get("/api/v1/jobs/<int:job_id>/logs")
     async def job_logs(job_id: int) -> Response:
@@ -193,4 +194,4 @@ def register_http(
 
     @app.get("/api/v1/status")
     async def status() -> Response:
-        return json_response({"status": await service.status(await who())})
+        return json_response(StatusBody(status=await service.status(await who())))

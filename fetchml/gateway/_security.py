@@ -14,7 +14,9 @@ import logging
 from quart import Quart, Response, request, websocket
 
 from .._config import ServerSettings
-from ._audit import source_address
+from ..errors import PermissionDeniedError
+from ..protocol import ErrorBody, ErrorEnvelope
+from ._context import source_address
 from ._http import json_response
 from ._service import Service
 from ._sessions import ADDRESS_NOT_ALLOWED
@@ -42,11 +44,9 @@ def install_security(app: Quart, settings: ServerSettings, service: Service) -> 
 
     async def refuse(address: str | None, what: str) -> Response:
         log.warning("refused %s from %s: address not allowed", what, address)
-        if service.audit is not None:
-            await service.audit.record(what, user=None, outcome="refused", code="forbidden")
-        return json_response(
-            {"error": {"code": "forbidden", "message": ADDRESS_NOT_ALLOWED}}, status=403
-        )
+        await service.record(what, user=None, outcome="refused", code="forbidden")
+        refusal = PermissionDeniedError(ADDRESS_NOT_ALLOWED)
+        return json_response(ErrorEnvelope(error=ErrorBody.of(refusal)), status=403)
 
     async def check_request() -> Response | None:
         address = request.remote_addr

@@ -12,23 +12,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import msgspec
 
 from .._config import LimitsSettings
-from .._models import Job, JobSpec, JobState, text_problem, validate_spec
+from .._models import Job, JobSpec, JobState, text_problem
 from ..actors import Scheduler, StatusReport, Subscription
+from ..audit import AuditLog
 from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
 from ..errors import (
     AuthError,
-    InvalidSpecError,
     JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
 )
-from ._audit import AuditLog, source_address
+from ..protocol import Identity
+from ._context import source_address
 from ._limits import AddressGuard, Limits
 from ._sessions import Sessions
 
@@ -62,6 +63,27 @@ class Service:
         self.limits = Limits(limits)
         self.sessions = Sessions(auth)
 
+    async def record(
+        self,
+        action: str,
+        *,
+        user: str | None,
+        outcome: str = "ok",
+        code: str | None = None,
+        job_id: int | None = None,
+    ) -> None:
+        """Audit ``action`` of the request being served, from its client's address (no audit
+        log: nothing).  Waits until the entry is written; raises OSError if it cannot be."""
+        if self.audit is not None:
+            await self.audit.record(
+                action,
+                user=user,
+                outcome=outcome,
+                code=code,
+                job_id=job_id,
+                source=source_address.get(),
+            )
+
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for an API key.  Raises :class:`AuthError` (401), audited.
 
@@ -92,8 +114,7 @@ class Service:
         except AuthError as exc:
             # Counted before the audit write, so attempts racing this one already see a ban.
             ban = bool(key) and guard is not None and address is not None and guard.failed(address)
-            if self.audit is not None:
-                await self.audit.record("auth", user=None, outcome="refused", code=exc.code)
+            await self.record("auth", user=None, outcome="refused", code=exc.code)
             if ban and address is not None:
                 await self._start_ban(address)
             raise
@@ -157,10 +178,7 @@ class Service:
         """Count (``kind`` for ``/metrics``), audit and raise one rate-limit refusal; the caller
         has logged why.  Waits on the audit log.  Raises RateLimitedError."""
         self.limits.refused[kind] += 1
-        if self.audit is not None:
-            await self.audit.record(
-                action, user=user, outcome="refused", code=RateLimitedError.code
-            )
+        await self.record(action, user=user, outcome="refused", code=RateLimitedError.code)
         raise RateLimitedError(message, retry_after_s=retry_after_s)
 
     async def _start_ban(self, address: str) -> None:
@@ -173,8 +191,7 @@ class Service:
             settings.auth_failures,
             settings.auth_failure_window_s,
         )
-        if self.audit is not None:
-            await self.audit.record("ban", user=None, outcome="refused", code="rate_limited")
+        await self.record("ban", user=None, outcome="refused", code="rate_limited")
 
     @contextlib.asynccontextmanager
     async def _refusals(self, action: str, who: Principal) -> AsyncIterator[None]:
@@ -182,29 +199,23 @@ class Service:
         try:
             yield
         except PermissionDeniedError as exc:
-            if self.audit is not None:
-                await self.audit.record(action, user=who.user, outcome="refused", code=exc.code)
+            await self.record(action, user=who.user, outcome="refused", code=exc.code)
             raise
 
-    async def submit(self, who: Principal, spec: JobSpec | Mapping[str, Any]) -> Job:
-        """Queue ``spec`` as ``who``.  Raises PermissionDeniedError, InvalidSpecError.
+    async def submit(self, who: Principal, spec: JobSpec) -> Job:
+        """Queue ``spec`` (decoded from a request) as ``who``.  Raises PermissionDeniedError,
+        InvalidSpecError.
 
         A dependency on a job ``who`` may not see is reported as unknown, like a missing one, so
-        ``depends_on`` cannot probe other users' jobs.  Waits on the store for each dependency.
+        ``depends_on`` cannot probe other users' jobs: the scheduler applies that rule in the
+        pass that reads the dependencies anyway.  Waits on the scheduler and the audit log.
         """
         async with self._refusals("submit", who):
             who.require(JOBS_CREATE)
-        # A decoded JobSpec is already type-checked; the scheduler validates every spec fully.
-        checked = spec if isinstance(spec, JobSpec) else validate_spec(spec)
-        for index, dep in enumerate(checked.depends_on):
-            owner = await self._owner(dep)
-            if owner is None or not who.can_read_job(owner):
-                raise InvalidSpecError(
-                    f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
-                )
-        job = await self.scheduler.submit(checked, user=who.user)
-        if self.audit is not None:  # on disk before the submit is acknowledged
-            await self.audit.record("submit", user=who.user, job_id=job.id)
+        job = await self.scheduler.submit_decoded(
+            spec, user=who.user, visible_owners=_visible_owners(who)
+        )
+        await self.record("submit", user=who.user, job_id=job.id)  # before the acknowledgement
         return job
 
     async def get(self, who: Principal, job_id: int) -> Job:
@@ -242,24 +253,22 @@ class Service:
         async with self._refusals("cancel", who):
             who.require_cancel_job(job.user)
         cancelled = await self.scheduler.cancel(job_id, user=who.user)
-        if self.audit is not None:  # on disk before the cancel is acknowledged
-            await self.audit.record("cancel", user=who.user, job_id=job_id)
+        await self.record("cancel", user=who.user, job_id=job_id)  # before the acknowledgement
         return cancelled
 
-    async def status(self, who: Principal) -> dict[str, Any]:
-        """The queue summary (as a plain map: the wire has no use for the message tag).
-
-        Without ``jobs:read:all`` the per-user counts show only the caller's own.
-        """
+    async def status(self, who: Principal) -> StatusReport:
+        """The queue summary.  Without ``jobs:read:all`` the per-user counts show only the
+        caller's own (the machine's summary, yes; other users' activity, no)."""
         async with self._refusals("status", who):
             who.require(STATUS_READ)
-        report: StatusReport = await self.scheduler.status()
-        summary = msgspec.structs.asdict(report)
-        if not who.can(JOBS_READ_ALL):
-            # The machine's summary, yes; other users' activity, no (visibility everywhere).
-            for field in ("running_by_user", "queued_by_user"):
-                summary[field] = {u: n for u, n in summary[field].items() if u == who.user}
-        return summary
+        report = await self.scheduler.status()
+        if who.can(JOBS_READ_ALL):
+            return report
+        return msgspec.structs.replace(
+            report,
+            running_by_user=_only(report.running_by_user, who.user),
+            queued_by_user=_only(report.queued_by_user, who.user),
+        )
 
     async def logs(
         self, who: Principal, job_id: int, *, offset: int = 0, follow: bool = False
@@ -286,19 +295,13 @@ class Service:
         return self.scheduler.subscribe(user=user, since=since, buffer=buffer)
 
     @staticmethod
-    def whoami(who: Principal) -> dict[str, Any]:
-        return {
-            "user": who.user,
-            "roles": list(who.roles),
-            "permissions": sorted(who.permissions),
-            "admin": who.admin,
-        }
-
-    async def _owner(self, job_id: int) -> str | None:
-        try:
-            return (await self._job(job_id)).user
-        except JobNotFoundError:
-            return None
+    def whoami(who: Principal) -> Identity:
+        return Identity(
+            user=who.user,
+            roles=list(who.roles),
+            permissions=sorted(who.permissions),
+            admin=who.admin,
+        )
 
     async def _job(self, job_id: int) -> Job:
         if job_id > MAX_JOB_ID:
@@ -309,3 +312,14 @@ class Service:
     def _require_some_read(who: Principal) -> None:
         if not (who.can(JOBS_READ) or who.can(JOBS_READ_ALL)):
             raise PermissionDeniedError(f"missing permission {JOBS_READ}", permission=JOBS_READ)
+
+
+def _visible_owners(who: Principal) -> tuple[str, ...] | None:
+    """Whose jobs ``who`` may see, for the scheduler (None: everyone's)."""
+    if who.can(JOBS_READ_ALL):
+        return None
+    return (who.user,) if who.can(JOBS_READ) else ()
+
+
+def _only(counts: dict[str, int], user: str) -> dict[str, int]:
+    return {u: n for u, n in counts.items() if u == user}

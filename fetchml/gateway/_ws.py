@@ -5,7 +5,8 @@ Each request frame is answered by exactly one reply with its ``re`` id; requests
 handled before the next frame is read, so a client that subscribes and then submits sees the
 events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
 up lets its subscription fall behind, which the notifier answers by dropping it, and the
-connection is then closed with a reason (1008).  At shutdown every connection is closed with 1001.
+connection is then closed with a reason (4008, :data:`CLOSE_TOO_SLOW`).  At shutdown every
+connection is closed with 1001.
 Frames that several tasks send at once go out together, in order, in one write (the gateway's
 write coalescing, ``_hypercorn_fix``).
 """
@@ -13,15 +14,16 @@ write coalescing, ``_hypercorn_fix``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
+import msgspec
 import trio
 from quart import websocket
 from quart.globals import websocket_ctx
 from quart.wrappers import Websocket
 
 from .._faults import report_internal_error
+from .._models import Job, JobSpec
 from ..actors import INTERNAL_MESSAGE, Subscription
 from ..auth import Principal
 from ..errors import (
@@ -34,25 +36,42 @@ from ..errors import (
     RateLimitedError,
     SubscriberDroppedError,
 )
-from ._audit import source_address
-from ._service import Service
-from ._wire import (
+from ..protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY,
+    CLOSE_TOO_SLOW,
     JSON,
     MSGPACK,
     AuthOp,
     CancelOp,
     Codec,
+    ErrorBody,
+    ErrorReply,
     GetOp,
+    IdentityReply,
+    JobReply,
+    JobsReply,
+    JobUpdate,
     ListOp,
+    LogChunk,
+    LogEnd,
+    LogText,
+    Reply,
     Request,
     StatusOp,
+    StatusReply,
     SubmitOp,
+    Subscribed,
     SubscribeOp,
+    Unsubscribed,
     UnsubscribeOp,
     WhoamiOp,
     decode_request,
-    error_body,
 )
+from ._context import source_address
+from ._service import Service
 
 __all__ = ["MAX_IN_FLIGHT", "Connection"]
 
@@ -60,9 +79,6 @@ log = logging.getLogger("fetchml.gateway")
 
 # Requests of one connection being processed at once; reading waits beyond that.
 MAX_IN_FLIGHT = 64
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
 
 
 class Connection:
@@ -200,14 +216,14 @@ class Connection:
             elif retry_after_s := self._service.over_limit(who):
                 op = str(request.__struct_config__.tag)
                 await self._service.refuse_rate(who, op, retry_after_s)
-            payload = await self._perform(codec, request)
+            reply = await self._perform(codec, request)
         except FetchMLError as exc:
             await self._reply_error(codec, request.id, exc)
             # A first auth op that fails (a wrong key, a banned address) ends the connection.
             if isinstance(request, AuthOp) and (
                 isinstance(exc, AuthError) or (isinstance(exc, RateLimitedError) and who is None)
             ):
-                await self._close(CLOSE_POLICY, "authentication failed")
+                await self._close(CLOSE_AUTH_FAILED, "authentication failed")
             return
         except Exception as exc:
             op = str(request.__struct_config__.tag)
@@ -215,48 +231,32 @@ class Connection:
             report_internal_error("gateway", exc, what, logger=log)
             await self._reply_error(codec, request.id, InternalError(INTERNAL_MESSAGE))
             return
-        await self._send(codec, {"re": request.id, "ok": True, **payload})
+        await self._send(codec, reply)
 
-    async def _perform(self, codec: Codec, request: Request) -> Mapping[str, Any]:
+    async def _perform(self, codec: Codec, request: Request) -> Reply:
+        """Carry out one op; its reply.  Raises the FetchMLError the op fails with."""
         service = self._service
+        rid = request.id
         if isinstance(request, AuthOp):
-            fresh = await service.authenticate(request.key)
-            if self._who is not None and fresh.user != self._who.user:
-                # Subscriptions were authorized for the first user: one connection, one user.
-                raise InvalidRequestError(
-                    f"key: this connection is authenticated as {self._who.user!r}; "
-                    "use a new connection for another user",
-                    field="key",
-                )
-            self._who = fresh
-            self._watch()
-            return service.whoami(fresh)
+            return await self._authenticate(request)
         who = self._who
         assert who is not None
         match request:
             case WhoamiOp():
-                return service.whoami(who)
+                return IdentityReply(re=rid, **msgspec.structs.asdict(service.whoami(who)))
             case SubmitOp(spec=spec):
-                try:
-                    return {"job": await service.submit(who, spec)}
-                except InvalidSpecError as exc:
-                    # Fields are paths in the frame, as for the errors its decoding finds.
-                    if exc.field is None:
-                        raise
-                    raise InvalidSpecError(
-                        f"spec.{exc.message}", field=f"spec.{exc.field}"
-                    ) from None
+                return JobReply(re=rid, job=await self._submit(who, spec))
             case GetOp(job_id=job_id):
-                return {"job": await service.get(who, job_id)}
+                return JobReply(re=rid, job=await service.get(who, job_id))
             case ListOp(user=user, state=state, limit=limit, before=before):
                 jobs = await service.list(
                     who, user=user, states=state, limit=limit, before_id=before
                 )
-                return {"jobs": jobs}
+                return JobsReply(re=rid, jobs=jobs)
             case CancelOp(job_id=job_id):
-                return {"job": await service.cancel(who, job_id)}
+                return JobReply(re=rid, job=await service.cancel(who, job_id))
             case StatusOp():
-                return {"status": await service.status(who)}
+                return StatusReply(re=rid, status=await service.status(who))
             case SubscribeOp() as op:
                 return await self._subscribe(codec, who, op)
             case UnsubscribeOp(sub=sub):
@@ -266,11 +266,36 @@ class Connection:
                         f"sub: no subscription {sub} on this connection", field="sub"
                     )
                 scope.cancel()
-                return {"sub": sub}
+                return Unsubscribed(re=rid, sub=sub)
             case _:
                 raise TypeError(f"unhandled op {type(request).__name__}")
 
-    async def _subscribe(self, codec: Codec, who: Principal, op: SubscribeOp) -> dict[str, Any]:
+    async def _authenticate(self, request: AuthOp) -> IdentityReply:
+        """Take the key of an ``auth`` op for this connection.  Raises AuthError,
+        RateLimitedError, and InvalidRequestError for another user's key."""
+        service = self._service
+        fresh = await service.authenticate(request.key)
+        if self._who is not None and fresh.user != self._who.user:
+            # Subscriptions were authorized for the first user: one connection, one user.
+            raise InvalidRequestError(
+                f"key: this connection is authenticated as {self._who.user!r}; "
+                "use a new connection for another user",
+                field="key",
+            )
+        self._who = fresh
+        self._watch()
+        return IdentityReply(re=request.id, **msgspec.structs.asdict(service.whoami(fresh)))
+
+    async def _submit(self, who: Principal, spec: JobSpec) -> Job:
+        try:
+            return await self._service.submit(who, spec)
+        except InvalidSpecError as exc:
+            # Fields are paths in the frame, as for the errors its decoding finds.
+            if exc.field is None:
+                raise
+            raise InvalidSpecError(f"spec.{exc.message}", field=f"spec.{exc.field}") from None
+
+    async def _subscribe(self, codec: Codec, who: Principal, op: SubscribeOp) -> Subscribed:
         if op.logs and op.job_id is None:
             raise InvalidRequestError("logs: needs a job_id (logs are per job)", field="logs")
         subscription = await self._service.subscribe(
@@ -292,7 +317,7 @@ class Connection:
         self._nursery.start_soon(
             self._forward, codec, sub_id, subscription, op.job_id, op.offset, chunks, scope
         )
-        return {"sub": sub_id, "since": since}
+        return Subscribed(re=op.id, sub=sub_id, since=since)
 
     async def _forward(
         self,
@@ -328,34 +353,30 @@ class Connection:
         try:
             async with subscription:
                 async for event in subscription:
-                    frame = {"ev": "job", "seq": event.seq, "sub": sub_id, "job": event.job}
-                    await self._send(codec, frame)
+                    await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
         except SubscriberDroppedError as exc:
-            await self._close(CLOSE_POLICY, f"too slow: {exc.message}")
+            await self._close(CLOSE_TOO_SLOW, f"too slow: {exc.message}")
 
     async def _forward_logs(
         self, codec: Codec, sub_id: int, job_id: int, offset: int, chunks: AsyncIterator[bytes]
     ) -> None:
         position = offset
         async for chunk in chunks:
-            data: bytes | str = chunk if codec.binary else chunk.decode(errors="replace")
-            frame = {
-                "ev": "log",
-                "sub": sub_id,
-                "job_id": job_id,
-                "offset": position,
-                "data": data,
-            }
+            frame: LogChunk | LogText = (
+                LogChunk(sub=sub_id, job_id=job_id, offset=position, data=chunk)
+                if codec.binary
+                else LogText(
+                    sub=sub_id, job_id=job_id, offset=position, data=chunk.decode(errors="replace")
+                )
+            )
             position += len(chunk)
             await self._send(codec, frame)
-        await self._send(
-            codec, {"ev": "log_end", "sub": sub_id, "job_id": job_id, "offset": position}
-        )
+        await self._send(codec, LogEnd(sub=sub_id, job_id=job_id, offset=position))
 
     async def _reply_error(self, codec: Codec, rid: int | None, exc: FetchMLError) -> None:
-        await self._send(codec, {"re": rid, "ok": False, "error": error_body(exc)})
+        await self._send(codec, ErrorReply(re=rid, error=ErrorBody.of(exc)))
 
-    async def _send(self, codec: Codec, payload: Mapping[str, Any]) -> None:
+    async def _send(self, codec: Codec, payload: msgspec.Struct) -> None:
         assert self._ws is not None
         await self._ws.send(codec.frame(payload))
 

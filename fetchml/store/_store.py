@@ -367,14 +367,20 @@ class Store:
 
     async def states_of(self, job_ids: Iterable[int]) -> dict[int, JobState]:
         """The state of each listed job that exists."""
+        return {job_id: state for job_id, (state, _) in (await self.facts_of(job_ids)).items()}
+
+    async def facts_of(self, job_ids: Iterable[int]) -> dict[int, tuple[JobState, str]]:
+        """(state, owner) of each listed job that exists.  Waits on the reader thread."""
         ids = list(job_ids)
-        found: dict[int, JobState] = {}
+        found: dict[int, tuple[JobState, str]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             rows = await self._query(
-                f"SELECT id, state FROM jobs WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                f"SELECT id, state, user FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
             )
-            found.update((int(i), _state(s)) for i, s in rows)  # type: ignore[call-overload]
+            for job_id, state, user in rows:
+                found[int(job_id)] = (_state(state), str(user))  # type: ignore[call-overload]
         return found
 
 

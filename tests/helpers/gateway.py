@@ -37,7 +37,7 @@ import wsproto.events as wsevents
 from trio_websocket import ConnectionClosed
 
 import fetchml
-from fetchml.gateway import run_server
+from fetchml.server import run_server
 
 ROUNDS = 4
 HOST = "127.0.0.1"

@@ -10,8 +10,8 @@ import abc
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .._config import SchedulerSettings
-from .._models import Job
+from ..._config import SchedulerSettings
+from ..._models import Job
 
 __all__ = ["Backend", "Capacity", "Ended"]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import trio
 
-from .._models import Job
-from ..errors import JobStartError
-from ._backend import Backend, Ended
+from ..._models import Job
+from ...errors import JobStartError
+from ._base import Backend, Ended
 
 __all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path"]
 

@@ -1,24 +1,28 @@
-"""The WebSocket wire protocol: typed request frames, replies and events (msgpack or JSON).
+"""Requests of the WebSocket protocol: one struct per op, and how the server decodes a frame.
 
 A request is a map ``{"op": <str>, "id": <int>, ...arguments}``; it decodes straight into one of
 the op structs below (the ``op`` value is the tag), so a bad frame is rejected with a message that
 names the field.  Binary frames are msgpack, text frames JSON; a reply goes back in the format of
-its request.
+its request.  The client encodes its requests with the same structs.  A new op is one struct
+here (in :data:`Request`), its reply in ``_replies``, and its case in the gateway's dispatch.
 """
 
 from __future__ import annotations
 
 import json
+import typing
 from typing import Annotated, Any
 
 import msgspec
 
 from .._models import JobSpec, JobState, describe_validation_error, surrogate_path
 from ..errors import FetchMLError, InvalidRequestError, InvalidSpecError
-from ..protocol import ErrorBody
-from ..protocol._peek import json_request_id, msgpack_request_id
+from ._peek import json_request_id, msgpack_request_id
 
 __all__ = [
+    "JSON",
+    "MSGPACK",
+    "OPS",
     "AuthOp",
     "CancelOp",
     "Codec",
@@ -31,7 +35,6 @@ __all__ = [
     "UnsubscribeOp",
     "WhoamiOp",
     "decode_request",
-    "error_body",
 ]
 
 RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
@@ -104,20 +107,7 @@ Request = (
 )
 
 
-OPS = frozenset(
-    str(op.__struct_config__.tag)
-    for op in (
-        AuthOp,
-        WhoamiOp,
-        SubmitOp,
-        GetOp,
-        ListOp,
-        CancelOp,
-        SubscribeOp,
-        UnsubscribeOp,
-        StatusOp,
-    )
-)
+OPS = frozenset(str(op.__struct_config__.tag) for op in typing.get_args(Request))
 
 
 class Codec:
@@ -227,8 +217,3 @@ def _bad_frame(exc: msgspec.ValidationError) -> InvalidRequestError:
         # The same error class (and code) as HTTP gives for the spec; the path stays the frame's.
         return InvalidSpecError(message, field=field)
     return InvalidRequestError(message, field=field)
-
-
-def error_body(exc: FetchMLError) -> ErrorBody:
-    """The ``{"code", "message", ...}`` error object of the wire protocol and the HTTP API."""
-    return ErrorBody.of(exc)

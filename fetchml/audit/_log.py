@@ -15,7 +15,6 @@ costs one write.
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import hashlib
 import json
@@ -28,16 +27,12 @@ from typing import Any, BinaryIO
 import msgspec
 import trio
 
-__all__ = ["GENESIS", "AuditLog", "VerifyResult", "source_address", "verify_chain"]
+__all__ = ["GENESIS", "AuditLog", "VerifyResult", "verify_chain"]
 
 GENESIS = "0" * 64
 # Entries waiting for one write before further callers wait for it to finish.
 MAX_BATCH = 4096
 _encoder = msgspec.json.Encoder()
-# The client address of the request or WebSocket being served (set by the security hooks).
-source_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "fetchml_source_address", default=None
-)
 
 
 class _Batch:
@@ -105,6 +100,7 @@ class AuditLog:
     ) -> None:
         """Append one entry and wait until it is written.  Raises OSError if it could not be.
 
+        ``source`` is the client's address (or what else caused the action: ``server``).
         ``detail`` (what a config change touched, or why it was refused) is added when given.
         Waits for the batch it joins to be written, and first, while :data:`MAX_BATCH` entries
         are already waiting, for the batch before to be written.
@@ -114,7 +110,7 @@ class AuditLog:
         entry: dict[str, Any] = {
             "ts": time.time(),
             "user": user,
-            "source": source if source is not None else source_address.get(),
+            "source": source,
             "action": action,
             "outcome": outcome,
             "code": code,

@@ -1,4 +1,5 @@
-"""The server: one supervisor nursery holding the auth actor, the core actors and the gateway.
+"""The server: one supervisor nursery holding the auth actor, the core actors, the audit log and
+the gateway (served by hypercorn).
 
 Shutdown (SIGINT/SIGTERM, or the ``stop`` event in tests): set ``closing`` so every WebSocket
 closes itself with 1001, let hypercorn finish in-flight requests, then cancel the actors.  Running
@@ -7,14 +8,11 @@ jobs are not stopped; the next start re-adopts them.
 
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
 import logging
 import signal
 import ssl
-import sys
-from pathlib import Path
 from typing import Any
 
 import hypercorn.config
@@ -24,20 +22,11 @@ import trio
 
 from .._config import Config
 from ..actors import Scheduler, prepare_runtime, serve_actors
-from ..auth import (
-    AuthActor,
-    AuthConfig,
-    AuthFile,
-    ReloadReport,
-    ensure_auth_file,
-    parse_auth_config,
-)
-from ..errors import ConfigError
+from ..audit import AuditLog
+from ..auth import AuthActor
+from ..gateway import Service, abort_connections, apply_hypercorn_fixes, create_app
 from ..store import Store
-from . import _hypercorn_fix
-from ._app import create_app
-from ._audit import AuditLog
-from ._service import Service
+from ._auth import auth_actor, load_auth
 from ._tls import server_ssl_context
 
 __all__ = ["load_auth", "run_server"]
@@ -56,80 +45,9 @@ GRACEFUL_TIMEOUT_S = 5.0
 # above the young objects of a thousand busy connections (event fan-out kept it crossing 10,000:
 # a collection every ~50 ms and ~15% more CPU per event frame; bench/bench_gateway_fanout.py).
 GC_THRESHOLDS = (100_000, 20, 10)
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 # Seconds a new TLS connection has to finish its handshake (hypercorn's default is 60): a peer
 # that connects and says nothing holds a connection task and a file descriptor until then.
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
-
-
-def load_auth(config: Config, *, announce: bool = True) -> tuple[AuthConfig, AuthFile | None]:
-    """The auth config, and the auth file it came from, to be watched (None for an inline
-    ``auth:`` section).  ``auth_file`` is created on first start.
-
-    On first start the new admin key is printed once on stderr.  Blocks on file I/O.  Raises
-    :class:`ConfigError`, also when auth is disabled on a non-loopback bind or when others may
-    write the auth file.
-    """
-    source: AuthFile | None = None
-    if config.auth is not None:
-        auth = parse_auth_config(config.auth, source="server config")
-        _check_auth(config, auth)
-    else:
-        path = Path(config.auth_file)
-        key = ensure_auth_file(path)
-        if key is not None and announce:
-            print(
-                f"Created {path} with user 'admin'. Its API key, shown only this once:\n\n"
-                f"    {key}\n\nKeep it safe: only its bcrypt hash is stored.",
-                file=sys.stderr,
-                flush=True,
-            )
-        source = AuthFile(path, validate=functools.partial(_check_auth, config))
-        auth = source.load()
-    if not auth.enabled:
-        log.warning("AUTHENTICATION IS DISABLED: every local client acts as an admin")
-    return auth, source
-
-
-def _check_auth(config: Config, auth: AuthConfig) -> None:
-    """Refuse an auth config this server must not run with.  Raises :class:`ConfigError`."""
-    if not auth.enabled and config.server.host not in _LOOPBACK:
-        raise ConfigError(
-            f"auth.enabled: false is only allowed on a loopback bind, not {config.server.host}"
-        )
-
-
-def _auth_actor(config: Config, audit: AuditLog | None) -> AuthActor:
-    """The auth actor; with an auth file (not an inline section) it reloads it on change.
-
-    Every reload is logged by the actor and audited here: each change (``key.revoke``, …) as
-    one entry, a refused file as ``auth.reload`` with the error.
-    """
-
-    async def audit_reload(report: ReloadReport) -> None:
-        if audit is None:
-            return
-        source = "auth file, reloaded on " + ("SIGHUP" if report.trigger == "signal" else "change")
-        if not report.ok:
-            await audit.record(
-                "auth.reload",
-                user=None,
-                outcome="refused",
-                code="invalid_config",
-                source=source,
-                detail={"error": report.error},
-            )
-            return
-        for change in report.changes:
-            detail = {"user": change.user, "key_id": change.key_id}
-            await audit.record(change.action, user=None, source=source, detail=detail)
-        if not report.changes:
-            await audit.record("auth.reload", user=None, source=source, detail={"changes": 0})
-
-    initial, source = load_auth(config)
-    if source is None:
-        return AuthActor(initial)
-    return AuthActor(initial, source=source, on_reload=audit_reload)
 
 
 class _HypercornConfig(hypercorn.config.Config):
@@ -193,11 +111,11 @@ async def run_server(
     Raises :class:`ConfigError` / :class:`StoreError` on start-up problems (a TLS certificate
     or key that cannot be used included, before anything is bound or written).
     """
-    _hypercorn_fix.apply()
+    apply_hypercorn_fixes()
     tls = config.server.tls
     tls_context = server_ssl_context(tls) if tls.enabled else None
     audit = AuditLog(config.audit_path) if config.audit.enabled else None
-    auth = _auth_actor(config, audit)
+    auth = auth_actor(config, audit)
     if stop is None:  # not ``stop or ...``: a trio.Event refuses to be used as a bool
         stop = trio.Event()
     runtime = await prepare_runtime(config)
@@ -267,7 +185,7 @@ async def _abort_after_grace(hconfig: hypercorn.config.Config) -> None:
     Only a peer that stopped reading is left by then (hypercorn cannot cancel its writes).
     """
     await trio.sleep(GRACEFUL_TIMEOUT_S + 1)
-    closed = _hypercorn_fix.abort_connections(hconfig)
+    closed = abort_connections(hconfig)
     if closed:
         log.warning("closed %d connection(s) whose client stopped reading", closed)
 
@@ -278,7 +196,7 @@ async def _abort_when_cancelled(hconfig: hypercorn.config.Config) -> None:
     try:
         await trio.sleep_forever()
     finally:
-        _hypercorn_fix.abort_connections(hconfig)
+        abort_connections(hconfig)
 
 
 async def _handle_signals(stop: trio.Event, auth: AuthActor) -> None:

@@ -35,10 +35,10 @@ from typing import TypeVar
 
 import trio
 
-from .._config import RaySettings
-from .._models import Job, JobSpec
-from ..errors import BackendUnavailableError, ConfigError, JobStartError
-from ._backend import Backend, Capacity, Ended
+from ..._config import RaySettings
+from ..._models import Job, JobSpec
+from ...errors import BackendUnavailableError, ConfigError, JobStartError
+from ._base import Backend, Capacity, Ended
 from ._local import job_dir, log_path
 from ._ray_client import (
     RayClient,

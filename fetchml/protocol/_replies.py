@@ -1,0 +1,165 @@
+"""Replies and events of the WebSocket protocol, and the bodies of the HTTP API.
+
+Each payload is defined once: the HTTP body (``JobBody``: ``{"job"}``) and the WebSocket reply
+that carries it (``JobReply``: ``{"re", "ok", "job"}``) are the same struct, the reply adding the
+request id and ``ok``.  Jobs and the queue summary are the core's own structs.  Events are a
+tagged union on ``ev``; a subscription's log chunks are bytes in msgpack frames and text in JSON
+text frames (:class:`LogText`, what a browser reads).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .._models import Job, StatusReport
+from ._errors import ErrorBody
+
+__all__ = [
+    "ErrorEnvelope",
+    "ErrorReply",
+    "Event",
+    "Health",
+    "Identity",
+    "IdentityReply",
+    "JobBody",
+    "JobReply",
+    "JobUpdate",
+    "JobsBody",
+    "JobsReply",
+    "LogChunk",
+    "LogEnd",
+    "LogText",
+    "Reply",
+    "StatusBody",
+    "StatusReply",
+    "Subscribed",
+    "Unsubscribed",
+]
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every payload."""
+
+
+# --- bodies (HTTP) -------------------------------------------------------------------------
+
+
+class Identity(_Body, frozen=True, kw_only=True):
+    """Who the server takes the caller for (``whoami``)."""
+
+    user: str
+    roles: list[str]
+    permissions: list[str]
+    admin: bool
+
+
+class JobBody(_Body, frozen=True, kw_only=True):
+    job: Job
+
+
+class JobsBody(_Body, frozen=True, kw_only=True):
+    jobs: list[Job]
+
+
+class StatusBody(_Body, frozen=True, kw_only=True):
+    status: StatusReport
+
+
+class ErrorEnvelope(_Body, frozen=True, kw_only=True):
+    """An HTTP error body, ``{"error": {"code", "message", ...}}``."""
+
+    error: ErrorBody
+
+
+class Health(_Body, frozen=True, kw_only=True):
+    status: str = "ok"
+
+
+# --- replies (WebSocket) -------------------------------------------------------------------
+# Each adds ``re`` (the request's id; None when the frame had no usable id) and ``ok`` to its
+# body (msgspec structs inherit from one struct with fields only, hence the repeated pair).
+
+
+class IdentityReply(Identity, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = True
+
+
+class JobReply(JobBody, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = True
+
+
+class JobsReply(JobsBody, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = True
+
+
+class StatusReply(StatusBody, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = True
+
+
+class Subscribed(_Body, frozen=True, kw_only=True):
+    """A subscription opened: its id (named by its events) and the seq it starts after."""
+
+    re: int | None
+    ok: bool = True
+    sub: int
+    since: int | None
+
+
+class Unsubscribed(_Body, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = True
+    sub: int
+
+
+class ErrorReply(ErrorEnvelope, frozen=True, kw_only=True):
+    re: int | None
+    ok: bool = False
+
+
+Reply = IdentityReply | JobReply | JobsReply | StatusReply | Subscribed | Unsubscribed | ErrorReply
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="ev"):
+    """Base of every event: ``sub`` names the subscription it belongs to."""
+
+    sub: int
+
+
+class JobUpdate(_Event, frozen=True, kw_only=True, tag="job"):
+    """A job changed (it was queued, started, ended …).  ``seq`` orders all events."""
+
+    seq: int
+    job: Job
+
+
+class LogChunk(_Event, frozen=True, kw_only=True, tag="log"):
+    """Bytes of a job's log (stdout and stderr), starting at byte ``offset`` of the log."""
+
+    job_id: int
+    offset: int
+    data: bytes
+
+
+class LogText(_Event, frozen=True, kw_only=True, tag="log"):
+    """A :class:`LogChunk` in a JSON text frame: the bytes as text (bad UTF-8 replaced)."""
+
+    job_id: int
+    offset: int
+    data: str
+
+
+class LogEnd(_Event, frozen=True, kw_only=True, tag="log_end"):
+    """The job ended and its log was sent to the end; ``offset`` is the log's length."""
+
+    job_id: int
+    offset: int
+
+
+Event = JobUpdate | LogChunk | LogEnd
