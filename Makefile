@@ -19,7 +19,7 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check fetchml tests bench
 	$(BIN)/ruff format --check fetchml tests bench
-	$(BIN)/mypy fetchml
+	$(BIN)/mypy fetchml tests
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -25,6 +25,7 @@ __all__ = [
     "LimitsSettings",
     "RaySettings",
     "SchedulerSettings",
+    "SnapshotSettings",
     "TlsSettings",
     "load_config",
     "make_config",
@@ -57,10 +58,14 @@ class RaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     ``poll_interval_s``: how often each running job's state is asked for (its end is seen
     within about that; one request per running job each time).  ``capacity_interval_s``: how
     often the cluster's resources are read (nodes join and leave, the cluster may vanish).
-    ``request_timeout_s`` bounds each HTTP request.
+    ``request_timeout_s`` bounds each HTTP request.  ``callback_url`` is where runs send their
+    outputs back (``http://gpu-server.lab:9103``).
     """
 
     address: str = "http://127.0.0.1:8265"
+    # The URL of this server as the cluster's nodes reach it: a run sends its outputs back
+    # there when it ends (None: outputs stay on the node).
+    callback_url: str | None = None
     poll_interval_s: Positive = 1.0
     capacity_interval_s: Positive = 5.0
     request_timeout_s: Positive = 10.0
@@ -160,6 +165,22 @@ class LimitsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     ban_s: Positive = 300.0
 
 
+class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Caps on the code that travels with jobs.
+
+    ``max_bytes`` and ``max_files`` bound one snapshot (a client over either says so before
+    sending anything, naming the largest files and folders); ``max_user_bytes`` bounds what one
+    user's snapshots keep on the server (each blob counted once, however many snapshots share
+    it).  ``part_bytes`` is the largest request body of an upload (a large file goes in parts of
+    this size, and an interrupted upload resumes by part).
+    """
+
+    max_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 30
+    max_files: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    max_user_bytes: Annotated[int, msgspec.Meta(ge=1)] = 10 << 30
+    part_bytes: Annotated[int, msgspec.Meta(ge=1 << 16, le=1 << 30)] = 8 << 20
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole server configuration (the shape of ``configs/server.yaml``).
 
@@ -175,6 +196,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
+    snapshots: SnapshotSettings = msgspec.field(default_factory=SnapshotSettings)
     auth: dict[str, Any] | None = None
     auth_file: str = "configs/auth.yaml"
 
@@ -237,22 +259,35 @@ def make_config(config: Config | str | os.PathLike[str] | None = None, **overrid
     return _convert(data, source="settings")
 
 
-def discover_gpus() -> list[int]:
-    """GPU ids that ``nvidia-smi`` lists, or ``[]`` without it.  Blocks up to 10 s."""
+def gpu_inventory() -> dict[int, tuple[str, str]]:
+    """The GPUs ``nvidia-smi`` lists: index -> (name, UUID); ``{}`` without it.  Blocks up to
+    10 s."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return []
+        return {}
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=index", "--format=csv,noheader"],
+            [exe, "--query-gpu=index,name,uuid", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(line) for line in out.split() if line.strip().isdigit()]
+        return {}
+    found: dict[int, tuple[str, str]] = {}
+    for line in out.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) >= 3 and fields[0].isdigit():
+            found[int(fields[0])] = (fields[1], fields[2])
+        elif fields and fields[0].isdigit():
+            found[int(fields[0])] = ("", "")
+    return found
+
+
+def discover_gpus() -> list[int]:
+    """GPU ids that ``nvidia-smi`` lists, or ``[]`` without it.  Blocks up to 10 s."""
+    return sorted(gpu_inventory())
 
 
 def machine_memory_mb() -> int:

@@ -23,10 +23,12 @@ from .errors import InvalidRequestError, InvalidSpecError
 
 __all__ = [
     "TERMINAL_STATES",
+    "GitInfo",
     "Job",
     "JobEvent",
     "JobSpec",
     "JobState",
+    "Provenance",
     "Resources",
     "StatusReport",
     "check_name",
@@ -95,11 +97,48 @@ class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     gpus: Gpus = 0
 
 
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+# A diff kept with the job; a larger one travels with the snapshot as a blob.
+MAX_INLINE_DIFF = 64 * 1024
+
+
+class GitInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The git state of the project a job's snapshot was made from, as the client saw it.
+
+    ``remote`` is the ``origin`` URL without credentials; ``dirty`` says the work tree had
+    changes against ``commit``; ``diff`` is ``git diff HEAD`` when it is at most
+    :data:`MAX_INLINE_DIFF` bytes, else ``diff_sha256`` names the snapshot's ``git_diff``
+    attachment that holds it.
+    """
+
+    commit: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    branch: Text | None = None
+    remote: Text | None = None
+    dirty: bool = False
+    diff: Annotated[str, msgspec.Meta(max_length=MAX_INLINE_DIFF)] | None = None
+    diff_sha256: Sha256 | None = None
+
+
+class Provenance(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a job came from: the command line that queued it, the client's host and project
+    folder, and the project's git state (None outside a repository)."""
+
+    command_line: Annotated[list[Text], msgspec.Meta(max_length=1000)] = msgspec.field(
+        default_factory=list
+    )
+    host: Name | None = None
+    root: Text | None = None
+    git: GitInfo | None = None
+
+
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A job as submitted.
 
     ``command`` is an argv list; a single string is accepted only with ``shell=True`` and then run
-    by ``/bin/sh -c``.  ``priority`` runs 1 to 10, higher first.
+    by ``/bin/sh -c``.  ``priority`` runs 1 to 10, higher first.  With ``snapshot`` (a snapshot
+    id) the job runs in a private working copy of that snapshot and ``cwd`` is a folder inside
+    it (relative; the copy's root by default).  ``requeued_from`` names the job this one repeats.
     """
 
     command: list[str] | str
@@ -118,6 +157,9 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         default_factory=list
     )
     experiment: Name | None = None
+    snapshot: Sha256 | None = None
+    provenance: Provenance | None = None
+    requeued_from: JobId | None = None
 
     def argv(self) -> list[str]:
         """The argv the executor starts (``/bin/sh -c`` for shell jobs)."""
@@ -282,6 +324,8 @@ def _plainly_fine(spec: JobSpec) -> bool:
         if not (key + value).isascii() or "\0" in key or "\0" in value or entry > MAX_ARG_BYTES:
             return False
         total += entry + 1
+    if spec.provenance is not None:
+        return False  # its strings are checked one by one
     labels = [spec.name or "", spec.experiment or "", spec.cwd or "", *spec.tags]
     if any(not label.isascii() or "\0" in label for label in labels):
         return False
@@ -307,11 +351,28 @@ def spec_problem(spec: JobSpec) -> tuple[str, str] | None:
         return "command", f"command: with env, longer than {MAX_EXEC_BYTES} bytes in all"
     labels = [("name", spec.name), ("experiment", spec.experiment)]
     labels += [(f"tags[{i}]", tag) for i, tag in enumerate(spec.tags)]
+    labels += _provenance_strings(spec.provenance)
     for field, label in labels:
         problem = None if label is None else text_problem(label)
         if problem is not None:
             return field, f"{field}: {problem}"
     return None
+
+
+def _provenance_strings(provenance: Provenance | None) -> list[tuple[str, str | None]]:
+    if provenance is None:
+        return []
+    found: list[tuple[str, str | None]] = [
+        (f"provenance.command_line[{i}]", arg) for i, arg in enumerate(provenance.command_line)
+    ]
+    found += [("provenance.host", provenance.host), ("provenance.root", provenance.root)]
+    git = provenance.git
+    if git is not None:
+        found += [
+            (f"provenance.git.{name}", getattr(git, name))
+            for name in ("commit", "branch", "remote", "diff")
+        ]
+    return found
 
 
 def check_spec(spec: JobSpec) -> JobSpec:
@@ -338,7 +399,19 @@ def check_spec(spec: JobSpec) -> JobSpec:
             raise InvalidSpecError(f"env: invalid variable name {key!r}", field=field)
     if len(set(spec.depends_on)) != len(spec.depends_on):
         raise InvalidSpecError("depends_on: lists a job twice", field="depends_on")
+    if spec.snapshot is not None and spec.cwd is not None:
+        _check_snapshot_cwd(spec.cwd)
     return spec
+
+
+def _check_snapshot_cwd(cwd: str) -> None:
+    """With a snapshot, ``cwd`` is a folder inside the working copy: relative, normalised."""
+    parts = cwd.split("/")
+    if cwd.startswith("/") or (any(part in ("", ".", "..") for part in parts) and cwd != "."):
+        raise InvalidSpecError(
+            "cwd: with a snapshot, a relative folder inside it (no .., not absolute)",
+            field="cwd",
+        )
 
 
 def validate_spec(spec: JobSpec | Mapping[str, Any]) -> JobSpec:

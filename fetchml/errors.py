@@ -28,11 +28,15 @@ __all__ = [
     "InvalidSpecError",
     "JobNotFoundError",
     "JobStartError",
+    "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitedError",
     "SchedulerClosedError",
+    "StorageFullError",
     "StoreError",
     "SubscriberDroppedError",
+    "TooLargeError",
     "error_from_wire",
 ]
 
@@ -97,6 +101,29 @@ class InvalidSpecError(InvalidRequestError):
     code = "invalid_spec"
 
 
+class TooLargeError(InvalidRequestError):
+    """Raised when a request is over a size cap (``snapshots.max_bytes``, ``max_files``, a
+    body); the message names the cap."""
+
+    code = "too_large"
+    status = 413
+
+
+class QuotaExceededError(TooLargeError):
+    """Raised when a request would take a user over their share (``snapshots.max_user_bytes``);
+    the message names the quota and what is in use."""
+
+    code = "quota_exceeded"
+
+
+class StorageFullError(FetchMLError):
+    """Raised when the server's disk is full while it stores what a request sent; what was
+    written of it is removed, and the server goes on."""
+
+    code = "storage_full"
+    status = 507
+
+
 class ConfigError(FetchMLError):
     """Raised when a configuration file or setting is invalid (bad YAML, unknown key, bad value)."""
 
@@ -104,25 +131,28 @@ class ConfigError(FetchMLError):
     status = 500
 
 
-class JobNotFoundError(FetchMLError):
-    """Raised when a job id names no job (or none the caller may see)."""
+class NotFoundError(FetchMLError):
+    """Raised when a request names something that does not exist (or that the caller may not
+    see: the answer is the same, so that existence does not leak)."""
 
     code = "not_found"
     status = 404
 
+    @classmethod
+    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
+        # A client that asked about a job knows its id: it gets the job's error class.
+        job_id = details.get("job_id")
+        if isinstance(job_id, int) and not isinstance(job_id, bool):
+            return JobNotFoundError(job_id, message)
+        return cls(message)
+
+
+class JobNotFoundError(NotFoundError):
+    """Raised when a job id names no job (or none the caller may see)."""
+
     def __init__(self, job_id: int, message: str | None = None) -> None:
         super().__init__(message or f"no job with id {job_id}")
         self.job_id = job_id
-
-    # The wire does not carry the id (the client knows what it asked for): from_wire takes it
-    # from ``details["job_id"]`` when the receiving side supplies it.
-
-    @classmethod
-    def from_wire(cls, message: str, details: Mapping[str, Any]) -> FetchMLError:
-        job_id = details.get("job_id")
-        return cls(
-            job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else 0, message
-        )
 
 
 class ConflictError(FetchMLError):
@@ -241,8 +271,11 @@ _BY_CODE: dict[str, type[FetchMLError]] = {
         InternalError,
         InvalidRequestError,
         InvalidSpecError,
+        TooLargeError,
+        QuotaExceededError,
+        StorageFullError,
         ConfigError,
-        JobNotFoundError,
+        NotFoundError,
         ConflictError,
         AuthError,
         PermissionDeniedError,

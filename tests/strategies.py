@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context

@@ -107,12 +107,18 @@ def ml_env(url: str | None, user: str | None, home: Path, **extra: str) -> dict[
 
 
 async def run_ml(
-    *args: str, env: Mapping[str, str], stdin: bytes | None = None, limit_s: float = 20
+    *args: str,
+    env: Mapping[str, str],
+    stdin: bytes | None = None,
+    limit_s: float = 20,
+    cwd: Path | None = None,
 ) -> Result:
-    """Run ``ml ARGS`` to its end; returns exit status, stdout and stderr."""
+    """Run ``ml ARGS`` to its end (in ``cwd``: what ``ml queue`` snapshots); returns exit
+    status, stdout and stderr."""
     with trio.fail_after(limit_s):
         proc = await trio.run_process(
             [*ML_ARGV, *args],
+            cwd=cwd,
             env=dict(env),
             stdin=stdin if stdin is not None else b"",
             capture_stdout=True,
@@ -130,4 +136,9 @@ class Ml:
         self.home = home
 
     async def __call__(self, user: str | None, *args: str, **kwargs: Any) -> Result:
-        return await run_ml(*args, env=ml_env(self.url, user, self.home), **kwargs)
+        """``ml ARGS`` as ``user``, run in an empty project folder of the home dir."""
+        project = self.home / "project"
+        project.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("cwd", project)
+        env = ml_env(self.url, user, self.home, XDG_CACHE_HOME=str(self.home / "cache"))
+        return await run_ml(*args, env=env, **kwargs)

@@ -154,7 +154,9 @@ def test_message_is_tagged_with_its_class_name() -> None:
     ],
     ids=["spec", "shell-spec", "job", "done-job", "event"],
 )
-def test_model_round_trips_through_msgpack(value: msgspec.Struct, kind: type) -> None:
+def test_model_round_trips_through_msgpack(
+    value: msgspec.Struct, kind: type[msgspec.Struct]
+) -> None:
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(value), type=kind)
     assert decoded == value
     assert msgspec.json.decode(msgspec.json.encode(value), type=kind) == value

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -42,7 +43,7 @@ async def _run_host_until_killed(
     acks: list[int] = []
     buffer = b""
 
-    def take_lines(data: bytes) -> None:
+    def take_lines(data: bytes | bytearray) -> None:
         nonlocal buffer, long_id
         buffer += data
         *lines, buffer = buffer.split(b"\n")  # a torn last line was never acknowledged
@@ -216,7 +217,9 @@ async def _attempt_running(scheduler: fetchml.Scheduler, job_id: int, attempt: i
     return job.state is JobState.RUNNING and job.attempts == attempt
 
 
-async def _events_until(scheduler: fetchml.Scheduler, job_id: int, seq: int):  # type: ignore[no-untyped-def]
+async def _events_until(
+    scheduler: fetchml.Scheduler, job_id: int, seq: int
+) -> AsyncIterator[fetchml.JobEvent]:
     async with scheduler.subscribe(job_id=job_id, since=0) as events:
         async for event in events:
             yield event

@@ -4,6 +4,7 @@ timeouts, exit codes and logs — with real processes and a real store."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ async def test_job_starts_only_when_cpus_and_memory_fit(data_dir: Path) -> None:
         async with open_sched(data_dir, cpus=2, memory_mb=1000) as scheduler:
             big = await scheduler.submit({"command": LONG, "resources": {"cpus": 2}}, user="alice")
             small = await scheduler.submit({"command": ["true"]}, user="alice")
-            await trio.sleep(0.2)
+            # A submit is answered once the pass that queued the job has dispatched and
+            # committed: what get() reads now is that decision, and nothing has changed since.
             assert (await scheduler.get(small.id)).state is JobState.QUEUED
             status = await scheduler.status()
             assert status.cpus_free == 0
@@ -64,8 +66,7 @@ async def test_job_starts_only_when_cpus_and_memory_fit(data_dir: Path) -> None:
                 {"command": ["true"], "resources": {"cpus": 0.5, "memory_mb": 600}},
                 user="alice",
             )
-            await trio.sleep(0.2)
-            # CPUs are free, memory is not.
+            # CPUs are free, memory is not (the submit's own pass decided so).
             assert (await scheduler.get(hungry.id)).state is JobState.QUEUED
             status = await scheduler.status()
             assert status.cpus_free == 1.5
@@ -105,8 +106,8 @@ async def test_gpu_ids_are_handed_out_and_visible(data_dir: Path) -> None:
             assert status.gpus_total == [0, 1]
             assert status.gpus_free == []
 
+            # The cancel is answered by the pass that freed one's GPU, after its dispatch.
             await scheduler.cancel(one.id, user="alice")
-            await trio.sleep(0.1)
             assert (await scheduler.get(both.id)).state is JobState.QUEUED  # needs both
             await scheduler.cancel(two.id, user="alice")
             running = await until_state(scheduler, both.id, JobState.RUNNING)
@@ -224,7 +225,7 @@ async def test_per_user_cap_on_running_jobs(data_dir: Path) -> None:
             b1 = await scheduler.submit({"command": LONG}, user="bob")
             await until_state(scheduler, a1.id, JobState.RUNNING)
             await until_state(scheduler, b1.id, JobState.RUNNING)
-            await trio.sleep(0.2)
+            # b1's submit pass dispatched after a2's: both passes left a2 queued.
             assert (await scheduler.get(a2.id)).state is JobState.QUEUED
             status = await scheduler.status()
             assert status.running_by_user == {"alice": 1, "bob": 1}
@@ -327,8 +328,9 @@ async def test_cancellation_never_spends_a_retry(data_dir: Path) -> None:
     with trio.fail_after(10):
         async with open_sched(data_dir) as scheduler:
             job = await scheduler.submit({"command": LONG, "max_retries": 3}, user="a")
+            # Answered by the pass that ended the job (a retry would have been decided there);
+            # an ended job is out of the scheduler's memory, so no later pass can touch it.
             cancelled = await scheduler.cancel(job.id, user="a")
-            await trio.sleep(0.2)
             again = await scheduler.get(job.id)
     assert cancelled.state is JobState.CANCELLED
     assert again == cancelled
@@ -447,13 +449,14 @@ async def test_methods_of_a_stopped_scheduler_raise_scheduler_closed(data_dir: P
             await trio.sleep(0.05)
         # The job outlives the scheduler; a wait in progress learns the scheduler stopped.
         assert len(outcome) == 1
-        for call in (
+        calls: list[Callable[[], Awaitable[object]]] = [
             lambda: scheduler.get(job.id),
             lambda: scheduler.list(),
             lambda: scheduler.wait(job.id),
             lambda: scheduler.submit({"command": ["true"]}, user="a"),
             lambda: scheduler.cancel(job.id, user="a"),
             lambda: scheduler.status(),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(fetchml.SchedulerClosedError):
                 await call()

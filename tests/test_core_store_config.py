@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -129,7 +130,7 @@ def test_make_config_defaults_and_overrides() -> None:
     ],
     ids=lambda v: str(v),
 )
-def test_make_config_errors_name_the_key(overrides: dict[str, object], key: str) -> None:
+def test_make_config_errors_name_the_key(overrides: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         make_config(**overrides)
     assert key in info.value.message

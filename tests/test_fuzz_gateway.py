@@ -36,6 +36,7 @@ from helpers.gateway import (
     Response,
     ServerThread,
     Users,
+    close_of,
     make_server_config,
     ws_connect,
 )
@@ -434,7 +435,7 @@ async def expect_too_big(ws: Any, data: bytes | str) -> None:
     try:
         await ws.send_raw(data)
     except ConnectionClosed as exc:  # closed while the frame was still going out
-        code, reason = exc.reason.code, exc.reason.reason
+        code, reason = close_of(exc)
     else:
         code, reason = await ws.closed()
     assert code == CLOSE_TOO_BIG, (code, reason)

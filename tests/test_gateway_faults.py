@@ -29,6 +29,7 @@ from helpers.gateway import (
 
 from fetchml.auth import Principal
 from fetchml.gateway import Service
+from fetchml.protocol import Identity
 from fetchml.store import DB_NAME
 
 NORMAL = {"command": ["/bin/true"]}
@@ -162,7 +163,7 @@ async def test_a_fault_in_one_request_answers_it_with_internal_error_and_nothing
     thread, users = thread_server
     original = Service.whoami
 
-    def whoami(who: Principal) -> dict[str, Any]:
+    def whoami(who: Principal) -> Identity:
         if who.user == "bob":
             raise ZeroDivisionError("a bug that leaks a secret-ish detail")
         return original(who)

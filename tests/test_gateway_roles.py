@@ -440,14 +440,14 @@ async def test_ws_op_without_key(world: World, op: str) -> None:
             assert code == 4001  # authentication failed
             return
         rid = ws.next_id()
-        args = {"job_id": world.parked["alice"]} if op in ("get", "cancel") else {}
+        args: dict[str, Any] = {"job_id": world.parked["alice"]} if op in ("get", "cancel") else {}
         args |= {"sub": 1} if op == "unsubscribe" else {}
         args |= {"spec": world.parked_spec("alice")} if op == "submit" else {}
         await ws.send({"op": op, "id": rid, **args})
         reply = await ws.reply(rid)
         assert reply["ok"] is False
         assert reply["error"]["code"] == "unauthorized"
-        assert await ws.quiet(0.05) == []  # one reply, no events
+        assert await ws.barrier() == []  # one reply, no events
         # Still alive, and an auth op now works on the same connection.
         assert (await ws.ok("auth", key=world.users.bob))["user"] == "bob"
         assert (await ws.ok("whoami"))["user"] == "bob"
@@ -465,7 +465,7 @@ async def test_ws_op_with_wrong_key(world: World, op: str) -> None:
     async with ws_connect(world.base) as ws:
         auth_id, op_id = ws.next_id(), ws.next_id()
         await ws.send({"op": "auth", "id": auth_id, "key": WRONG_KEY})
-        args = {"job_id": world.parked["alice"]} if op in ("get", "cancel") else {}
+        args: dict[str, Any] = {"job_id": world.parked["alice"]} if op in ("get", "cancel") else {}
         args |= {"spec": world.parked_spec("alice")} if op == "submit" else {}
         args |= {"key": world.users.admin} if op == "auth" else {}
         args |= {"sub": 1} if op == "unsubscribe" else {}

@@ -120,8 +120,7 @@ async def test_signal_closes_websockets_1001_and_jobs_outlive_the_server(
         # The followed log ended as a whole response, not cut off in the middle.
         assert followed[0].status == 200
         assert followed[0].body == b"started\n"
-        await trio.sleep(0.1)
-        first_log = server.stderr
+        first_log = await server.stderr_to_end()
     assert "received " + signal.Signals(signum).name in first_log
     assert "Traceback" not in first_log, first_log
     assert " ERROR " not in first_log, first_log
@@ -148,7 +147,7 @@ async def test_signal_closes_websockets_1001_and_jobs_outlive_the_server(
             assert log.body == b"started\nfinished\n"
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
-        await trio.sleep(0.1)
+        await server.stderr_to_end()
         assert "recovered 0 queued and 1 running" in server.stderr
         assert_no_keys(server.stderr, users)
 
@@ -192,7 +191,7 @@ async def test_acknowledged_submits_survive_sigkill(tmp_path: Path, data_dir: Pa
                 await enough.wait()
                 server.signal(signal.SIGKILL)
                 assert await server.wait() == -signal.SIGKILL
-        first_log = server.stderr
+        first_log = await server.stderr_to_end()
     assert len(acked) >= 600
     assert len(set(acked)) == len(acked)
     async with server_process(["--config", str(config)], cwd=tmp_path, port=port) as server:
@@ -205,7 +204,7 @@ async def test_acknowledged_submits_survive_sigkill(tmp_path: Path, data_dir: Pa
             assert {job["id"] for job in listed.json()["jobs"]} >= set(acked)
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
-        await trio.sleep(0.1)
+        await server.stderr_to_end()
         assert_no_keys(first_log + server.stderr, users)
 
 
@@ -238,7 +237,7 @@ async def test_first_start_creates_the_auth_file_and_prints_the_key_once(
         ).is_dir()  # the default data dir, relative to where it started
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
-        await trio.sleep(0.1)
+        await server.stderr_to_end()
         assert server.stderr.count(key) == 1
     # The second start keeps the file and prints no key.
     before = auth_file.read_text()
@@ -246,7 +245,7 @@ async def test_first_start_creates_the_auth_file_and_prints_the_key_once(
         assert (await http(server.base, "GET", "/api/v1/whoami", key=key)).status == 200
         server.signal(signal.SIGINT)
         assert await server.wait() == 0
-        await trio.sleep(0.1)
+        await server.stderr_to_end()
         assert _key_in(server.stderr) == []
     assert auth_file.read_text() == before
 
@@ -291,7 +290,7 @@ async def test_auth_disabled_on_loopback_starts_and_warns(tmp_path: Path, data_d
         assert created.status == 201
         server.signal(signal.SIGTERM)
         assert await server.wait() == 0
-        await trio.sleep(0.1)
+        await server.stderr_to_end()
         warnings = [line for line in server.stderr.splitlines() if "WARNING" in line]
     assert any("AUTHENTICATION IS DISABLED" in line for line in warnings), server.stderr
 

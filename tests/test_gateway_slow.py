@@ -87,6 +87,7 @@ async def test_slow_subscriber_is_closed_and_others_keep_going(
             # what was already on its way.
             frames, code, reason = await slow.read_until_close(within=20)
             assert code == 4008
+            assert reason is not None
             assert "too slow" in reason
             assert frames[0] == {"re": 1, "ok": True, "sub": 1, "since": 0}
             events = frames[1:]

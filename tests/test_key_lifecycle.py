@@ -37,6 +37,7 @@ from fetchml.auth import (
     EXPIRED_KEY,
     REVOKED_KEY,
     AuthActor,
+    AuthConfig,
     AuthFile,
     ReloadReport,
     derived_key_id,
@@ -164,17 +165,28 @@ def make_unreachable(folder: Path) -> None:
     folder.write_text("")
 
 
+class _CountedFile(AuthFile):
+    """The auth file, counting the actor's polls (each one reads it, from a worker thread)."""
+
+    polls = 0
+
+    def read_if_changed(self, *, force: bool) -> AuthConfig | None:
+        self.polls += 1
+        return super().read_if_changed(force=force)
+
+
 async def test_the_actor_survives_a_failed_audit_and_an_unreadable_file(tmp_path: Path) -> None:
     users = Users()
     path = users.write(tmp_path / "conf" / "auth.yaml")
     reports: list[ReloadReport] = []
+    source = _CountedFile(path)
 
     async def on_reload(report: ReloadReport) -> None:
         reports.append(report)
         raise OSError(28, "No space left on device")
 
     actor = AuthActor(
-        load_auth_file(path), source=AuthFile(path), on_reload=on_reload, poll_interval_s=0.05
+        load_auth_file(path), source=source, on_reload=on_reload, poll_interval_s=0.05
     )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -190,7 +202,10 @@ async def test_the_actor_survives_a_failed_audit_and_an_unreadable_file(tmp_path
             make_unreachable(path.parent)
             await until(lambda: len(reports) == 3)
             assert "cannot read" in (reports[2].error or "")
-            await trio.sleep(0.3)
+            # Polls run one after the other: once a third one after this has begun, two whole
+            # polls of the same unreadable file have come and gone.
+            polled = source.polls
+            await until(lambda: source.polls >= polled + 3)
             assert len(reports) == 3  # the same problem is reported once, not every poll
             nursery.cancel_scope.cancel()
     assert (await actor.authenticate(users.alice)).roles == ("analyst",)

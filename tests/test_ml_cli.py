@@ -11,6 +11,7 @@ import stat
 import subprocess
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 from test_client_support import KEYS, ML_ARGV, Ml, Result, ml_env, run_ml, running_server
@@ -196,7 +197,7 @@ async def test_researcher_sees_only_own_jobs(data_dir: Path, tmp_path: Path) -> 
             assert "resources.cpus" in error_line(too_big)
             unknown_dep = await ml("bob", "queue", "--dry-run", "--after", "999", "--", "true")
             assert unknown_dep.rc == 2
-            real_too_big = await ml("bob", "queue", "--gpu", "1", "--", "true")
+            real_too_big = await ml("bob", "queue", "--no-snapshot", "--gpu", "1", "--", "true")
             assert real_too_big.rc == 2
             assert "resources.gpus" in error_line(real_too_big)
             assert (await ml("bob", "status", "--json")).json()[0]["id"] == bob_job
@@ -247,13 +248,13 @@ async def test_watch_and_status_watch_stream_pushed_events(data_dir: Path, tmp_p
                 await client.cancel(first.id)
                 second = await client.submit({"command": ["true"]})
                 await client.wait(second.id)
-                states = []
+                states: list[tuple[int, str]] = []
                 while not states or states[-1] != (second.id, "succeeded"):
                     event = await watcher.line()
                     states.append((event["job"]["id"], event["job"]["state"]))
                 assert states[0] == (first.id, "queued")
                 assert (first.id, "cancelled") in states
-                live = []
+                live: list[tuple[int, str]] = []
                 while not live or live[-1] != (second.id, "succeeded"):
                     event = await table.line()
                     live.append((event["job"]["id"], event["job"]["state"]))
@@ -269,7 +270,7 @@ class _Lines:
         self._process = process
         self._buffer = b""
 
-    async def line(self) -> dict[str, object]:
+    async def line(self) -> dict[str, Any]:
         import json
 
         assert self._process.stdout is not None

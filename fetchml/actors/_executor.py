@@ -32,6 +32,7 @@ from ._messages import (
     StartJob,
     StopJob,
 )
+from ._records import RunRecords
 from .backends import Backend, Capacity, Ended
 
 __all__ = ["EXECUTOR_INBOX_SIZE", "Executor"]
@@ -40,6 +41,8 @@ log = logging.getLogger("fetchml.executor")
 
 # Commands from the scheduler; the main loop only spawns tasks, so it drains this fast.
 EXECUTOR_INBOX_SIZE = 1024
+# Ends of runs that never started (no manifest to complete).
+_NOT_RUN = frozenset({"spawn_failed", "unavailable"})
 # Beyond the kill grace, how long stopping a run after a fault may take.
 _STOP_EXTRA_S = 5.0
 
@@ -63,8 +66,10 @@ class Executor:
         reports: trio.MemorySendChannel[Envelope[Message]],
         *,
         kill_grace_s: float,
+        records: RunRecords | None = None,
     ) -> None:
         self._backend = backend
+        self._records = records
         self._inbox = inbox
         self._reports = reports
         self._grace = kill_grace_s
@@ -159,6 +164,8 @@ class Executor:
         with self._reports.clone() as reports:
             try:
                 exited = await self._run_to_end(job, tracked, adopt, reports)
+                if self._records is not None and exited.cause not in _NOT_RUN:
+                    await self._records.finished(job, exited)
             except Exception as exc:
                 exited = await self._fault(job, tracked, exc)
             finally:
@@ -199,6 +206,8 @@ class Executor:
             )
 
         try:
+            if not adopt and self._records is not None:
+                await self._records.prepare(job)
             run = await (self._backend.adopt(job) if adopt else self._backend.start(job))
         except BackendUnavailableError as exc:
             log.warning("job %d not started: %s", job.id, exc.message)
@@ -215,6 +224,8 @@ class Executor:
         if isinstance(run, Ended):
             return exited("exit" if run.exit_code is not None else "vanished", run.exit_code)
         tracked.run = run
+        if self._records is not None:
+            await self._records.started(job, adopted=adopt)
         try:
             code = await self._wait_enforcing_timeout(job, tracked)
         finally:

@@ -53,9 +53,11 @@ class Sink:
     job_id: int | None = None
     user: str | None = None
     reason: str | None = field(default=None)
+    dropped: bool = False  # closed for falling behind (the subscriber may resume with since=)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, dropped: bool = False) -> None:
         self.reason = reason
+        self.dropped = dropped
         self.channel.close()
 
 
@@ -129,7 +131,8 @@ class Notifier:
                     self._detach(sub_id)
                     sink.close(
                         f"subscriber fell more than {sink.capacity} events behind; "
-                        f"resume with since={event.seq - sink.capacity}"
+                        f"resume with since={event.seq - sink.capacity}",
+                        dropped=True,
                     )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._detach(sub_id)  # the subscriber went away without detaching

@@ -10,15 +10,16 @@ set-up, :func:`prepare_runtime`, comes first, outside any nursery.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .._config import Config, discover_gpus, machine_memory_mb, make_config
+from .._config import Config, discover_gpus, gpu_inventory, machine_memory_mb, make_config
 from .._models import (
     Job,
     JobSpec,
@@ -35,6 +36,7 @@ from ..errors import (
     SchedulerClosedError,
     StoreError,
 )
+from ..snapshots import Snapshots
 from ..store import Store
 from ._executor import EXECUTOR_INBOX_SIZE, Executor
 from ._logs import follow_log
@@ -51,7 +53,9 @@ from ._messages import (
     call,
 )
 from ._notifier import NOTIFIER_INBOX_SIZE, Notifier
+from ._prune import PruneReport, prune
 from ._queue import Pool
+from ._records import RunRecords
 from ._scheduler import SCHEDULER_INBOX_SIZE, SchedulerActor
 from ._subscription import DEFAULT_BUFFER, Subscription
 from .backends import Backend, Capacity, LocalBackend, log_path
@@ -74,11 +78,13 @@ class Scheduler:
         store: Store,
         inbox: trio.MemorySendChannel[Envelope[Message]],
         notifier: trio.MemorySendChannel[Envelope[Message]],
+        snapshots: Snapshots,
     ) -> None:
         self.config = config
         self._store = store
         self._inbox = inbox
         self._notifier = notifier
+        self.snapshots = snapshots
 
     async def submit(self, spec: JobSpec | Mapping[str, Any], *, user: str) -> Job:
         """Queue a job for ``user``; returns it once it is durably stored.
@@ -102,6 +108,8 @@ class Scheduler:
 
     async def _submit(self, spec: JobSpec, user: str, visible: tuple[str, ...] | None) -> Job:
         _check_user(user)
+        if spec.snapshot is not None:
+            await self.snapshots.usable(spec.snapshot, user, any_owner=visible is None)
         reply = await call(self._inbox, Submit(spec=spec, user=user, visible_owners=visible))
         return _job_of(reply)
 
@@ -199,6 +207,23 @@ class Scheduler:
             return reply.report
         raise _unexpected(reply)
 
+    async def prune(
+        self, *, older_than_s: float, keep_last: int = 0, dry_run: bool = False
+    ) -> PruneReport:
+        """Remove the working copies and outputs of jobs that ended more than ``older_than_s``
+        ago (but the ``keep_last`` most recent), and the snapshots and blobs nothing left needs;
+        never what a queued or running job needs.  With ``dry_run``, only say what would go.
+        Waits on the store and the file system."""
+        async with self._reading():
+            return await prune(
+                self._store,
+                self.snapshots,
+                self.config.data_path,
+                older_than_s=older_than_s,
+                keep_last=keep_last,
+                dry_run=dry_run,
+            )
+
     def log_path(self, job_id: int) -> Path:
         """Where the job's stdout and stderr go (the file may not exist yet)."""
         return log_path(self.config.data_path, _check_id(job_id))
@@ -235,7 +260,9 @@ async def _make_backend(config: Config) -> Backend[Any]:
     if config.executor.backend == "ray":
         from .backends._ray import RayBackend  # Ray itself is imported only now
 
-        return await RayBackend.create(config.data_path, config.executor.ray)
+        return await RayBackend.create(
+            config.data_path, config.executor.ray, part_bytes=config.snapshots.part_bytes
+        )
     return LocalBackend(config.data_path)
 
 
@@ -262,17 +289,39 @@ class Runtime:
 
     backend: Backend[Any]
     pool: Pool
+    snapshots: Snapshots
     problem: str | None = None
+    gpu_names: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Close what the runtime opened (the snapshot registry).  Blocks briefly."""
+        self.snapshots.close()
 
 
 async def prepare_runtime(config: Config) -> Runtime:
     """The fallible part of starting the actors, done before a nursery opens, so that its
     errors reach the caller as they are.  Raises :class:`ConfigError` (a backend that cannot be
-    used: Ray not installed).  Waits on the backend's first capacity read."""
+    used: Ray not installed) and :class:`StoreError` (the snapshot registry cannot be opened).
+    Waits on the backend's first capacity read."""
     backend = await _make_backend(config)
     capacity = await backend.capacity()
     pool = await _make_pool(config, capacity)
-    return Runtime(backend, pool, None if capacity is None else capacity.problem)
+    snapshots = await open_snapshots(config)
+    names = await trio.to_thread.run_sync(gpu_inventory) if pool.gpu_ids else {}
+    problem = None if capacity is None else capacity.problem
+    return Runtime(backend, pool, snapshots, problem, names)
+
+
+async def open_snapshots(config: Config) -> Snapshots:
+    """The server's snapshots in ``data_dir``.  Raises :class:`StoreError`."""
+
+    def _open() -> Snapshots:
+        return Snapshots(config.data_path, config.snapshots, synchronous=config.store.synchronous)
+
+    try:
+        return await trio.to_thread.run_sync(_open)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the snapshots in {config.data_path}: {exc}") from None
 
 
 async def serve_actors(
@@ -302,13 +351,19 @@ async def serve_actors(
             exec_recv,
             sched_send.clone(),
             kill_grace_s=config.executor.kill_grace_s,
+            records=RunRecords(
+                config.data_path,
+                runtime.snapshots,
+                gpu_names=runtime.gpu_names,
+                host=runtime.backend.host,
+            ),
         )
         await nursery.start(executor.run)
         actor = SchedulerActor(
             config, store, runtime.pool, sched_recv, exec_send, note_send.clone()
         )
         await nursery.start(actor.run)
-        task_status.started(Scheduler(config, store, sched_send, note_send))
+        task_status.started(Scheduler(config, store, sched_send, note_send, runtime.snapshots))
 
 
 @asynccontextmanager
@@ -325,7 +380,11 @@ async def open_scheduler(
     """
     cfg = make_config(config, **settings)
     runtime = await prepare_runtime(cfg)
-    store = await Store.open(cfg.data_path, synchronous=cfg.store.synchronous)
+    try:
+        store = await Store.open(cfg.data_path, synchronous=cfg.store.synchronous)
+    except BaseException:
+        runtime.close()
+        raise
     try:
         async with trio.open_nursery() as nursery:
             scheduler: Scheduler = await nursery.start(serve_actors, cfg, store, runtime)
@@ -342,3 +401,4 @@ async def open_scheduler(
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()
+        runtime.close()

@@ -116,10 +116,10 @@ class Subscription:
         try:
             return await self._live.receive()
         except trio.EndOfChannel:
-            reason = self._sink.reason
+            sink = self._sink
             await self.aclose()
-            if reason is not None and reason.startswith("subscriber fell"):
-                raise SubscriberDroppedError(reason) from None
+            if sink.dropped:
+                raise SubscriberDroppedError(sink.reason or "subscriber dropped") from None
             raise StopAsyncIteration from None
 
     async def _catch_up(self) -> None:

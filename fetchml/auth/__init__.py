@@ -17,6 +17,7 @@ from ._actor import (
 from ._config import (
     NAME_RULE,
     AuthConfig,
+    IPNetwork,
     KeyEntry,
     UserEntry,
     derived_key_id,
@@ -81,6 +82,7 @@ __all__ = [
     "AuthChange",
     "AuthConfig",
     "AuthFile",
+    "IPNetwork",
     "KeyEntry",
     "Principal",
     "ReloadReport",

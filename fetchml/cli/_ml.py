@@ -28,7 +28,7 @@ from fetchml.errors import (
     RateLimitedError,
 )
 
-from ._ml_args import build_parser
+from ._ml_args import build_parser, command_word
 
 if TYPE_CHECKING:
     from fetchml.client import Client, Settings
@@ -63,6 +63,10 @@ Handler = Callable[["Client", argparse.Namespace, "Output"], Awaitable[int]]
 # command → (module, function) of its handler, imported on use
 _HANDLERS = {
     "queue": ("_ml_jobs", "queue"),
+    "requeue": ("_ml_jobs", "requeue"),
+    "pull": ("_ml_files", "pull"),
+    "validate": ("_ml_files", "validate"),
+    "prune": ("_ml_files", "prune"),
     "cancel": ("_ml_jobs", "cancel"),
     "status": ("_ml_view", "status"),
     "logs": ("_ml_view", "logs"),
@@ -89,11 +93,21 @@ def exit_code_for(exc: FetchMLError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ml`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser(__version__)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.handler == "queue":
+    words = list(sys.argv[1:] if argv is None else argv)
+    # ``ml requeue JOB [OPTIONS] [-- COMMAND]``: the new command is what follows ``--`` (an
+    # argparse remainder after JOB would swallow the options too).
+    new_command: list[str] = []
+    at = command_word(words)
+    if at is not None and words[at] == "requeue" and "--" in words[at:]:
+        split = words.index("--", at)
+        words, new_command = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    if args.handler == "requeue":
+        args.command = new_command
+    if args.handler in ("queue", "requeue"):
         command = list(args.command)
         args.command = command[1:] if command[:1] == ["--"] else command
-        if not args.command:
+        if not args.command and args.handler == "queue":
             parser.error("queue: give the command to run after --, e.g. ml queue -- python x.py")
     try:
         return _run(args)

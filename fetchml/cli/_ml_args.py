@@ -138,6 +138,24 @@ def _states(text: str) -> list[str]:
     return states
 
 
+# The options before a command that take a value (a word of their own unless given with =).
+VALUE_OPTIONS = frozenset({"--url", "--key-file", "--ca-file", "--config"})
+
+
+def command_word(words: list[str]) -> int | None:
+    """The index of the command's name in ``ml``'s arguments: the first word that is neither
+    an option nor an option's value (None: there is none)."""
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return index
+        index += 2 if word in VALUE_OPTIONS else 1
+    return None
+
+
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """Options every command takes, before or after the command name."""
     default = None if top else argparse.SUPPRESS
@@ -182,7 +200,9 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     _common(parser, top=True)
     commands = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     _queue_parser(commands)
+    _requeue_parser(commands)
     _status_parser(commands)
+    _files_parsers(commands)
     cancel = _command(commands, "cancel", "cancel jobs (queued or running)")
     cancel.add_argument("jobs", nargs="+", type=job_id, metavar="JOB")
     logs = _command(commands, "logs", "print a job's output (stdout and stderr)")
@@ -212,6 +232,38 @@ def _command(
 def _queue_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     queue = _command(commands, "queue", "queue a job: ml queue [OPTIONS] -- COMMAND [ARGS...]")
     queue.usage = "ml queue [OPTIONS] -- COMMAND [ARGS...]"
+    queue.description = (
+        "Queue a job.  The project (the git work tree around this folder, else this folder)\n"
+        "is snapshotted and sent first (only what the server lacks), so what runs is what is\n"
+        "here now; the job starts in this folder of its own copy.  .gitignore, .fetchmlignore\n"
+        "and the defaults (.git, virtualenvs, caches) choose what travels."
+    )
+    queue.formatter_class = argparse.RawDescriptionHelpFormatter
+    _job_options(queue)
+    add = queue.add_argument
+    add("--root", metavar="DIR", help="snapshot DIR (default: the git work tree, else .)")
+    add("--no-snapshot", action="store_true", help="send no code: it is on the server already")
+    add("--cwd", metavar="DIR", help="working directory on the server (implies --no-snapshot)")
+    add("--wait", action="store_true", help="stream state and output; exit with the job's code")
+    add("--dry-run", action="store_true", help="check the job against the server, queue nothing")
+    add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _requeue_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    requeue = _command(
+        commands,
+        "requeue",
+        "queue a job again: its snapshot and spec, with the options given changed",
+    )
+    requeue.usage = "ml requeue JOB [OPTIONS] [-- NEW COMMAND [ARGS...]]"
+    requeue.add_argument("job", type=job_id, metavar="JOB")
+    _job_options(requeue)
+    add = requeue.add_argument
+    add("--wait", action="store_true", help="stream state and output; exit with the job's code")
+
+
+def _job_options(queue: argparse.ArgumentParser) -> None:
+    """The options that describe a job (``queue`` and ``requeue``); unset ones stay None."""
     add = queue.add_argument
     add("--name", help="a name for the job")
     add("--priority", type=_int_range(1, 10), metavar="N", help="1 to 10, higher first (default 5)")
@@ -229,12 +281,33 @@ def _queue_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="K=V",
         help="set K (repeatable; K alone passes your value)",
     )
-    add("--cwd", metavar="DIR", help="working directory of the job (on the server)")
     add("--experiment", metavar="NAME", help="experiment the job belongs to")
     add("--shell", action="store_true", help="run the command with /bin/sh -c")
-    add("--wait", action="store_true", help="stream state and output; exit with the job's code")
-    add("--dry-run", action="store_true", help="check the job against the server, queue nothing")
-    add("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _files_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pull = _command(commands, "pull", "download a job's output files (checked against its hashes)")
+    pull.add_argument("job", type=job_id, metavar="JOB")
+    pull.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: all)")
+    pull.add_argument("-o", "--output", default=".", metavar="DIR", help="where to (default .)")
+    validate = _command(
+        commands, "validate", "re-hash a job's snapshot and outputs against its run manifest"
+    )
+    validate.add_argument("job", type=job_id, metavar="JOB")
+    prune = _command(
+        commands, "prune", "remove old jobs' working copies and outputs, unneeded snapshots"
+    )
+    prune.add_argument(
+        "--older-than", type=duration_s, required=True, metavar="TIME", help="e.g. 30d"
+    )
+    prune.add_argument(
+        "--keep-last",
+        type=_int_range(0, 2**31),
+        default=0,
+        metavar="N",
+        help="keep the N most recently ended jobs whatever their age",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only say what would go")
 
 
 def _status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,13 +14,13 @@ from fetchml.client import (
     ENV_CA_FILE,
     ENV_URL,
     Identity,
+    client_ssl_context,
     default_config_path,
     load_settings,
     mask_key,
+    normalize_url,
     write_config,
 )
-from fetchml.client._settings import normalize_url
-from fetchml.client._tls import client_ssl_context
 
 from ._ml import UsageError, read_key_file
 from ._ml_output import Output, print_pairs

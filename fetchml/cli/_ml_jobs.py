@@ -6,15 +6,17 @@ import argparse
 import os
 from typing import Any
 
-from fetchml._models import JobSpec, validate_spec
+import msgspec
+
+from fetchml._models import Job, JobSpec, validate_spec
 from fetchml.client import Client
 from fetchml.errors import FetchMLError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
 
 from ._ml import exit_code_for
 from ._ml_follow import exit_status, follow_job
-from ._ml_output import Output, fmt_memory, print_pairs, spec_lines
+from ._ml_output import Output, fmt_bytes, fmt_memory, print_pairs, spec_lines
 
-__all__ = ["build_spec", "cancel", "queue"]
+__all__ = ["build_spec", "cancel", "queue", "requeue"]
 
 JOBS_CREATE = "jobs:create"  # the permission name (contract); fetchml.auth is not imported
 
@@ -22,7 +24,7 @@ JOBS_CREATE = "jobs:create"  # the permission name (contract); fetchml.auth is n
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The job spec the ``queue`` options describe (unset options keep the server defaults)."""
     command: list[str] = list(args.command)
-    spec: dict[str, Any] = {"command": command}
+    spec: dict[str, Any] = {"command": command} if command else {}
     if args.shell:
         spec.update(command=" ".join(command), shell=True)
     resources = {
@@ -40,7 +42,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         "depends_on": args.after,
         "tags": args.tag,
         "env": dict(args.env) if args.env else None,
-        "cwd": os.path.abspath(args.cwd) if args.cwd else None,
+        "cwd": os.path.abspath(args.cwd) if getattr(args, "cwd", None) else None,
         "experiment": args.experiment,
     }
     spec.update({name: value for name, value in optional.items() if value is not None})
@@ -51,10 +53,29 @@ async def queue(client: Client, args: argparse.Namespace, out: Output) -> int:
     spec = build_spec(args)
     if args.dry_run:
         return await _dry_run(client, spec, out)
+    snapshot = None
+    if not (args.no_snapshot or args.cwd):
+        with out.spinner("snapshotting the project"):
+            snapshot = await client.snapshot(".", root=args.root)
+        spec.update(snapshot.spec_fields())
+        if not out.json:
+            info = snapshot.info
+            out.note(
+                f"snapshot {info.id[:12]}: {info.files} files, {fmt_bytes(info.bytes)} "
+                f"(sent {fmt_bytes(info.uploaded_bytes or 0)}) from {snapshot.root}"
+            )
     job = await client.submit(spec)
+    return await _queued(client, job, args, out, snapshot.info if snapshot else None)
+
+
+async def _queued(
+    client: Client, job: Job, args: argparse.Namespace, out: Output, snapshot: object = None
+) -> int:
+    """Say what was queued (the job id, or with ``--json`` the job and its snapshot); with
+    ``--wait`` follow it to its end and exit with its status."""
     if not args.wait:
         if out.json:
-            out.emit(job)
+            out.emit({**msgspec.to_builtins(job), "snapshot": snapshot})
         else:
             out.line(str(job.id))
         return 0
@@ -64,6 +85,25 @@ async def queue(client: Client, args: argparse.Namespace, out: Output) -> int:
         out.note(f"stopped waiting; job {job.id} goes on (ml cancel {job.id} stops it)")
         raise
     return exit_status(final)
+
+
+async def requeue(client: Client, args: argparse.Namespace, out: Output) -> int:
+    """Queue job ``args.job`` again: the same snapshot and spec, the options given changed."""
+    original = await client.get(args.job)
+    spec: dict[str, Any] = msgspec.to_builtins(original.spec)
+    changes = build_spec(args)
+    if "resources" in changes:
+        spec["resources"] = {**spec["resources"], **changes.pop("resources")}
+    if not args.command:
+        changes.pop("command", None)
+        changes.pop("shell", None)
+    elif not args.shell:
+        spec["shell"] = False
+    spec.update(changes, requeued_from=original.id)
+    job = await client.submit(spec)
+    if not out.json:
+        out.note(f"job {original.id} queued again as job {job.id}")
+    return await _queued(client, job, args, out)
 
 
 async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:

@@ -212,6 +212,16 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def fmt_bytes(size: int) -> str:
+    """``812 B``, ``4.2 KiB``, ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def fmt_memory(mb: int) -> str:
     """``8G``, ``512M``, ``23.5G``."""
     if mb and mb % 1024 == 0:
@@ -259,8 +269,21 @@ def spec_lines(spec: JobSpec) -> list[tuple[str, str]]:
         ("tags", ", ".join(spec.tags)),
         ("experiment", spec.experiment),
         ("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))),
+        ("snapshot", spec.snapshot),
+        ("git", _git_line(spec)),
+        ("requeue of", str(spec.requeued_from) if spec.requeued_from else None),
     ]
     return lines + [(label, value) for label, value in optional if value]
+
+
+def _git_line(spec: JobSpec) -> str | None:
+    git = spec.provenance.git if spec.provenance is not None else None
+    if git is None:
+        return None
+    where = " on ".join(
+        part for part in (git.commit[:12] if git.commit else None, git.branch) if part
+    )
+    return f"{where or 'no commit yet'}{' (with uncommitted changes)' if git.dirty else ''}"
 
 
 def detail_lines(job: Job, now: float | None = None) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@
 from fetchml._models import StatusReport as ServerStatus
 from fetchml.protocol import Event, Identity, JobUpdate, LogChunk, LogEnd
 
+from ._artifacts import HashMismatchError, select
 from ._client import Client
 from ._connect import DEFAULT_CONNECT_TIMEOUT, connect
 from ._errors import ConnectionLostError, ServerUnreachableError
@@ -38,10 +39,13 @@ from ._settings import (
     default_config_path,
     load_settings,
     mask_key,
+    normalize_url,
     websocket_url,
     write_config,
 )
+from ._snapshots import Snapshot
 from ._subscription import Subscription
+from ._tls import client_ssl_context
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -52,6 +56,7 @@ __all__ = [
     "Client",
     "ConnectionLostError",
     "Event",
+    "HashMismatchError",
     "Identity",
     "JobUpdate",
     "LogChunk",
@@ -59,11 +64,15 @@ __all__ = [
     "ServerStatus",
     "ServerUnreachableError",
     "Settings",
+    "Snapshot",
     "Subscription",
+    "client_ssl_context",
     "connect",
     "default_config_path",
     "load_settings",
     "mask_key",
+    "normalize_url",
+    "select",
     "websocket_url",
     "write_config",
 ]

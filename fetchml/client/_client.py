@@ -9,7 +9,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -20,7 +22,9 @@ from trio_websocket import (
     WebSocketConnection,
 )
 
+from fetchml import protocol as wire
 from fetchml._models import Job, JobSpec, JobState, StatusReport, validate_spec
+from fetchml.artifacts import OutputFile, RunManifest, Validation
 from fetchml.errors import (
     AuthError,
     FetchMLError,
@@ -29,36 +33,19 @@ from fetchml.errors import (
     RateLimitedError,
     SubscriberDroppedError,
 )
-from fetchml.protocol import (
-    CLOSE_AUTH_FAILED,
-    CLOSE_GOING_AWAY,
-    CLOSE_TOO_SLOW,
-    CancelOp,
-    ErrorReply,
-    GetOp,
-    IdentityReply,
-    JobReply,
-    JobsReply,
-    JobUpdate,
-    ListOp,
-    Request,
-    StatusOp,
-    StatusReply,
-    SubmitOp,
-    Subscribed,
-    SubscribeOp,
-    Unsubscribed,
-    UnsubscribeOp,
-    WhoamiOp,
-)
+from fetchml.protocol import FilesBody, PruneReport, PruneRequest
 
+from . import _artifacts
 from ._errors import ConnectionLostError
 from ._frames import FrameDecoder, encode_request
+from ._http import HttpSession
+from ._snapshots import Snapshot, make_snapshot
 from ._subscription import DEFAULT_BUFFER, Subscription
 
 __all__ = ["Client"]
 
 R = TypeVar("R", bound=msgspec.Struct)
+T = TypeVar("T")
 
 # Seconds closing the connection waits for the server's close frame.
 _CLOSE_S: Final = 2.0
@@ -122,9 +109,9 @@ class Client:
 
     # --- operations ---------------------------------------------------------------------------
 
-    async def whoami(self) -> IdentityReply:
+    async def whoami(self) -> wire.IdentityReply:
         """The user the key belongs to, with roles and permissions (an :class:`Identity`)."""
-        return await self._call(WhoamiOp(id=0), IdentityReply)
+        return await self._call(wire.WhoamiOp(id=0), wire.IdentityReply)
 
     async def submit(self, spec: JobSpec | Mapping[str, Any]) -> Job:
         """Queue a job; returns it as stored.  Raises InvalidSpecError, PermissionDeniedError.
@@ -134,7 +121,7 @@ class Client:
         """
         checked = validate_spec(spec)
         try:
-            return (await self._call(SubmitOp(id=0, spec=checked), JobReply)).job
+            return (await self._call(wire.SubmitOp(id=0, spec=checked), wire.JobReply)).job
         except InvalidRequestError as exc:
             # The server names fields of a bad submit frame as ``spec.<field>``: paths in the
             # frame.  The caller gave a spec, so its fields are named as paths in the spec.
@@ -145,15 +132,17 @@ class Client:
 
     async def get(self, job_id: int) -> Job:
         """The job's current version.  Raises JobNotFoundError."""
-        return (await self._call(GetOp(id=0, job_id=job_id), JobReply, job_id=job_id)).job
+        return (await self._call(wire.GetOp(id=0, job_id=job_id), wire.JobReply, job_id=job_id)).job
 
     async def cancel(self, job_id: int) -> Job:
         """Cancel a job; returns it once it has ended.  Raises ConflictError if already ended."""
-        return (await self._call(CancelOp(id=0, job_id=job_id), JobReply, job_id=job_id)).job
+        return (
+            await self._call(wire.CancelOp(id=0, job_id=job_id), wire.JobReply, job_id=job_id)
+        ).job
 
     async def status(self) -> StatusReport:
         """The queue summary: counts by state, per-user counts, free and total resources."""
-        return (await self._call(StatusOp(id=0), StatusReply)).status
+        return (await self._call(wire.StatusOp(id=0), wire.StatusReply)).status
 
     async def list(
         self,
@@ -167,8 +156,8 @@ class Client:
         at most ``limit``, with ids below ``before`` (for paging)."""
         states = [state] if isinstance(state, str) else state
         wire_states = None if states is None else [JobState(_state_name(s)) for s in states]
-        request = ListOp(id=0, user=user, state=wire_states, limit=limit, before=before)
-        return (await self._call(request, JobsReply)).jobs
+        request = wire.ListOp(id=0, user=user, state=wire_states, limit=limit, before=before)
+        return (await self._call(request, wire.JobsReply)).jobs
 
     def subscribe(
         self,
@@ -198,27 +187,86 @@ class Client:
             if job.terminal:
                 return job
             async for event in events:
-                if isinstance(event, JobUpdate) and event.job.terminal:
+                if isinstance(event, wire.JobUpdate) and event.job.terminal:
                     return event.job
         raise ConnectionLostError("the subscription ended before the job did", url=self.url)
 
     async def logs(self, job_id: int, *, offset: int = 0) -> bytes:
         """The job's log so far, from byte ``offset`` (one HTTP request: the WebSocket protocol
         only streams logs live, through ``subscribe(job_id, logs=True)``)."""
-        from ._http import fetch_log
+        path = f"/api/v1/jobs/{int(job_id)}/logs?offset={int(offset)}"
+        return await self._over_http(lambda http: http.read(path, job_id=job_id))
 
-        key, ca_file = self._key, self._ca_file
+    def http_session(self) -> HttpSession:
+        """A new HTTP connection to the server with this client's key (close it when done)."""
+        return HttpSession(self.url, self._key, timeout=_HTTP_S, ca_file=self._ca_file)
+
+    async def _over_http(self, call: Callable[[HttpSession], T]) -> T:
+        """Run ``call`` with an HTTP connection in a worker thread (for what the WebSocket
+        protocol does not carry)."""
+
+        def run() -> T:
+            with self.http_session() as http:
+                return call(http)
+
         try:
-            return await trio.to_thread.run_sync(
-                lambda: fetch_log(
-                    self.url, key, job_id, offset=offset, timeout=_HTTP_S, ca_file=ca_file
-                ),
-                abandon_on_cancel=True,
-            )
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
         except AuthError:
-            if key is None:
+            if self._key is None:
                 raise AuthError(_NO_KEY_HINT) from None
             raise
+
+    async def snapshot(
+        self, path: str | os.PathLike[str] = ".", *, root: str | os.PathLike[str] | None = None
+    ) -> Snapshot:
+        """Snapshot the project around ``path`` on the server (see :func:`make_snapshot`):
+        only the blobs it lacks are sent.  Submit with ``{**spec, **snap.spec_fields()}``."""
+        here, top = Path(path), None if root is None else Path(root)
+
+        def run() -> Snapshot:
+            return make_snapshot(self.http_session, here, root=top)
+
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+
+    async def manifest(self, job_id: int) -> RunManifest:
+        """The job's ``run_manifest.json``.  Raises NotFoundError before its first start."""
+        return await self._over_http(lambda http: _artifacts.manifest(http, job_id))
+
+    async def files(self, job_id: int) -> FilesBody:
+        """The job's output files (with their SHA-256 once it has ended)."""
+        return await self._over_http(lambda http: _artifacts.files(http, job_id))
+
+    async def validate(self, job_id: int) -> Validation:
+        """Re-hash the job's snapshot and outputs on the server against its manifest."""
+        return await self._over_http(lambda http: _artifacts.validate(http, job_id))
+
+    async def prune(
+        self, *, older_than_s: float, keep_last: int = 0, dry_run: bool = False
+    ) -> PruneReport:
+        """Prune old jobs' working copies and outputs, and unneeded snapshots and blobs
+        (``jobs:update:all``)."""
+        request = PruneRequest(older_than_s=older_than_s, keep_last=keep_last, dry_run=dry_run)
+        return await self._over_http(lambda http: _artifacts.prune(http, request))
+
+    async def download(
+        self,
+        job_id: int,
+        files: Iterable[OutputFile],
+        dest: str | os.PathLike[str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> builtins.list[Path]:
+        """Download output files under ``dest`` (each checked against its recorded hash);
+        ``progress`` gets the bytes of each chunk (called in a worker thread)."""
+        wanted, target = builtins.list(files), Path(dest)
+
+        def run(http: HttpSession) -> builtins.list[Path]:
+            return [
+                _artifacts.download(http, job_id, entry, target, progress=progress)
+                for entry in wanted
+            ]
+
+        return await self._over_http(run)
 
     async def aclose(self) -> None:
         """Close the connection; pending requests fail, subscriptions end.  Idempotent."""
@@ -236,7 +284,7 @@ class Client:
 
     async def _call(
         self,
-        request: Request,
+        request: wire.Request,
         expected: type[R],
         *,
         on_reply: Callable[[R], None] | None = None,
@@ -261,7 +309,7 @@ class Client:
 
     async def _call_once(
         self,
-        request: Request,
+        request: wire.Request,
         expected: type[R],
         on_reply: Callable[[R], None] | None,
         job_id: int | None,
@@ -283,12 +331,12 @@ class Client:
         if pending.error is not None:
             raise pending.error
         reply = pending.reply
-        if isinstance(reply, ErrorReply):
+        if isinstance(reply, wire.ErrorReply):
             raise self._error_of(reply, job_id)
         assert isinstance(reply, expected)
         return reply
 
-    def _error_of(self, reply: ErrorReply, job_id: int | None) -> FetchMLError:
+    def _error_of(self, reply: wire.ErrorReply, job_id: int | None) -> FetchMLError:
         if reply.error.code == AuthError.code and self._key is None:
             return AuthError(_NO_KEY_HINT)
         return reply.error.error(job_id=job_id)
@@ -320,7 +368,7 @@ class Client:
                     self._stray_reply(data, head)
                 return
             reply = self._frames.reply(data, head, pending.expected)
-            if pending.on_reply is not None and not isinstance(reply, ErrorReply):
+            if pending.on_reply is not None and not isinstance(reply, wire.ErrorReply):
                 pending.on_reply(reply)
             pending.reply = reply
             pending.done.set()
@@ -342,10 +390,10 @@ class Client:
         """A reply nobody waits for: if it opened a subscription (its caller was cancelled),
         do not leave that running."""
         try:
-            opened = self._frames.reply(data, head, Subscribed)  # type: ignore[arg-type]
+            opened = self._frames.reply(data, head, wire.Subscribed)  # type: ignore[arg-type]
         except msgspec.ValidationError:
             return
-        if isinstance(opened, Subscribed):
+        if isinstance(opened, wire.Subscribed):
             self._abandon_subscription(opened.sub)
 
     def _ended(self, reason: CloseReason | None, *, detail: str | None = None) -> None:
@@ -369,11 +417,11 @@ class Client:
             message = "the connection was closed by this client"
         elif detail is not None:
             message = detail
-        elif code == CLOSE_TOO_SLOW:
+        elif code == wire.CLOSE_TOO_SLOW:
             return lambda: SubscriberDroppedError(f"the server dropped this connection: {text}")
-        elif code == CLOSE_AUTH_FAILED:
+        elif code == wire.CLOSE_AUTH_FAILED:
             return lambda: AuthError(text)
-        elif code == CLOSE_GOING_AWAY:
+        elif code == wire.CLOSE_GOING_AWAY:
             message = f"the server at {self.url} is shutting down"
         else:
             why = f" ({code}{': ' + text if text else ''})" if code is not None else ""
@@ -383,7 +431,7 @@ class Client:
     # --- subscriptions ------------------------------------------------------------------------
 
     async def _open_subscription(self, sub: Subscription) -> None:
-        def opened(reply: Subscribed) -> None:
+        def opened(reply: wire.Subscribed) -> None:
             self._newest_sub = max(self._newest_sub, reply.sub)
             self._subs[reply.sub] = sub
             sub._opened(reply.sub, reply.since)
@@ -392,21 +440,21 @@ class Client:
             for stale in [s for s in self._early if s <= self._newest_sub]:
                 del self._early[stale]
 
-        request = SubscribeOp(
+        request = wire.SubscribeOp(
             id=0,
             job_id=sub.job_id,
             since=sub.since,
             logs=sub.logs,
             offset=sub.offset if sub.logs else 0,
         )
-        await self._call(request, Subscribed, on_reply=opened, job_id=sub.job_id)
+        await self._call(request, wire.Subscribed, on_reply=opened, job_id=sub.job_id)
 
     def _forget_subscription(self, sub_id: int) -> None:
         self._subs.pop(sub_id, None)
 
     async def _unsubscribe(self, sub_id: int) -> None:
         if self._lost is None:
-            await self._call(UnsubscribeOp(id=0, sub=sub_id), Unsubscribed)
+            await self._call(wire.UnsubscribeOp(id=0, sub=sub_id), wire.Unsubscribed)
 
     def _abandon_subscription(self, sub_id: int) -> None:
         """Drop a subscription nobody reads, unsubscribing in the background."""

@@ -82,17 +82,17 @@ async def connect(
             finally:
                 await client.aclose()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaf = _single_leaf(group)
+    except BaseException as exc:
+        # The one place the client's nursery's exception groups are unwrapped: what reaches
+        # the caller is the one error inside (the caller's own, or the connection's).
+        leaf = _single_leaf(exc)
         if leaf is None:
             raise
         if not connected:
             raise _connect_error(leaf, settings) from None
-        raise leaf from None
-    except BaseException as exc:
-        if connected:
+        if leaf is exc:
             raise
-        raise _connect_error(exc, settings) from None
+        raise leaf from None
 
 
 async def _open_websocket(
@@ -176,9 +176,9 @@ class _HandshakeWatch:
             raise trio.BrokenResourceError("the server closed the connection during the handshake")
 
 
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside nested single-member groups, or None if there are several."""
-    exc: BaseException = group
+def _single_leaf(exc: BaseException) -> BaseException | None:
+    """The one exception inside nested single-member groups (``exc`` itself if it is not a
+    group), or None if a group holds several."""
     while isinstance(exc, BaseExceptionGroup):
         if len(exc.exceptions) != 1:
             return None

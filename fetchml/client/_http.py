@@ -1,13 +1,21 @@
-"""The one HTTP request the client makes: a job's log so far (``GET /api/v1/jobs/{id}/logs``).
+"""The HTTP requests of the client: what the WebSocket protocol does not carry.
 
-The WebSocket protocol streams logs only live (``subscribe`` with ``logs``), which never ends while
-the job runs; reading the log up to now is a plain HTTP GET.  Blocking: run it in a thread.
+A job's log so far (the WebSocket streams logs only live), the upload of a snapshot (bodies of
+megabytes), a job's files and manifest.  :class:`HttpSession` is one keep-alive connection
+(``http.client``, over TLS for an https server, trusting ``ca_file`` or else the system's CAs);
+it blocks, so async callers run it in a worker thread.  Error bodies become the server's error
+classes; a connection that fails is :class:`ServerUnreachableError` naming the URL.
 """
 
 from __future__ import annotations
 
 import http.client
-from urllib.parse import urlsplit
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import msgspec
 
 from fetchml.errors import FetchMLError
 
@@ -15,7 +23,145 @@ from ._errors import ServerUnreachableError, http_error
 from ._settings import http_url
 from ._tls import client_ssl_context, describe_tls_failure
 
-__all__ = ["fetch_log"]
+__all__ = ["HttpSession", "fetch_log", "quote_path"]
+
+T = TypeVar("T")
+
+
+def quote_path(path: str) -> str:
+    """A file path as a URL path (each part percent-encoded, ``/`` kept)."""
+    return quote(path, safe="/")
+
+
+class HttpSession:
+    """One keep-alive HTTP connection to the server at ``url`` with ``key``.  Reconnects when
+    the server closed it between requests.  Not for several threads at once."""
+
+    def __init__(
+        self, url: str, key: str | None, *, timeout: float = 60.0, ca_file: str | None = None
+    ) -> None:
+        self.url = url
+        base = urlsplit(http_url(url))
+        self._base_path = base.path.rstrip("/")
+        self._host = base.hostname or "127.0.0.1"
+        self._port = base.port
+        self._tls = base.scheme == "https"
+        self._timeout = timeout
+        self._ca_file = ca_file
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._tls:
+                context = client_ssl_context(self._ca_file)
+                self._connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=context
+                )
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> HttpSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        job_id: int | None = None,
+        ok: tuple[int, ...] = (200, 201, 206),
+    ) -> Iterator[http.client.HTTPResponse]:
+        """Send one request and yield its response, unread (the body is read as the caller
+        goes).  Raises the server's error for a status not in ``ok`` (``job_id``: the job the
+        request is about), :class:`ServerUnreachableError` when the connection fails."""
+        response = self._send(method, path, body, headers or {})
+        try:
+            if response.status not in ok:
+                raise self._error(response.status, response.read(), job_id)
+            yield response
+        finally:
+            if not response.isclosed():
+                response.read()  # so the connection can carry the next request
+            if response.will_close:
+                self.close()
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> http.client.HTTPResponse:
+        for attempt in (1, 2):
+            connection = self._connect()
+            try:
+                connection.request(
+                    method, self._base_path + path, body=body, headers={**self._headers, **headers}
+                )
+                return connection.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()  # a keep-alive connection the server had closed: once more
+                if attempt == 2:
+                    raise self._unreachable(ConnectionResetError("connection reset")) from None
+            except OSError as exc:
+                self.close()
+                raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, exc: OSError) -> ServerUnreachableError:
+        reason = describe_tls_failure(exc, host=self._host, ca_file=self._ca_file) or (
+            (exc.strerror or str(exc) or type(exc).__name__).lower()
+        )
+        return ServerUnreachableError(
+            f"cannot reach the Fetch ML server at {self.url}: {reason}", url=self.url
+        )
+
+    @staticmethod
+    def _error(status: int, body: bytes, job_id: int | None) -> FetchMLError:
+        error = http_error(body, job_id=job_id)
+        return error if error is not None else FetchMLError(f"the server answered HTTP {status}")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        type_: type[T],
+        *,
+        body: bytes | None = None,
+        json: Any = None,
+        job_id: int | None = None,
+    ) -> T:
+        """One request whose answer is JSON of ``type_``; ``json`` is encoded as the body."""
+        headers = {}
+        if json is not None:
+            body = msgspec.json.encode(json)
+            headers["Content-Type"] = "application/json"
+        elif body is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        with self.stream(method, path, body=body, headers=headers, job_id=job_id) as response:
+            data = response.read()
+        try:
+            return msgspec.json.decode(data, type=type_)
+        except msgspec.DecodeError as exc:
+            raise FetchMLError(
+                f"the server's answer to {method} {path} is not valid: {exc}"
+            ) from None
+
+    def read(self, path: str, *, job_id: int | None = None) -> bytes:
+        """The whole body of a GET."""
+        with self.stream("GET", path, job_id=job_id) as response:
+            return response.read()
 
 
 def fetch_log(
@@ -27,37 +173,7 @@ def fetch_log(
     timeout: float,
     ca_file: str | None = None,
 ) -> bytes:
-    """The log of ``job_id`` from byte ``offset`` (over TLS for an https server, trusting
-    ``ca_file``, else the system's CAs).  Raises the server's error class,
+    """The log of ``job_id`` from byte ``offset``.  Raises the server's error class,
     :class:`ServerUnreachableError` naming the URL, or :class:`ConfigError` for the CA file."""
-    base = urlsplit(http_url(url))
-    host = base.hostname or "127.0.0.1"
-    connection: http.client.HTTPConnection
-    if base.scheme == "https":
-        context = client_ssl_context(ca_file)
-        connection = http.client.HTTPSConnection(host, base.port, timeout=timeout, context=context)
-    else:
-        connection = http.client.HTTPConnection(host, base.port, timeout=timeout)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    path = f"{base.path}/api/v1/jobs/{int(job_id)}/logs?offset={int(offset)}"
-    try:
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-    except OSError as exc:
-        reason = describe_tls_failure(exc, host=host, ca_file=ca_file) or (
-            (exc.strerror or str(exc) or type(exc).__name__).lower()
-        )
-        raise ServerUnreachableError(
-            f"cannot reach the Fetch ML server at {url}: {reason}", url=url
-        ) from None
-    finally:
-        connection.close()
-    if response.status == 200:
-        return body
-    raise _http_error(response.status, body, job_id)
-
-
-def _http_error(status: int, body: bytes, job_id: int) -> FetchMLError:
-    error = http_error(body, job_id=job_id)
-    return error if error is not None else FetchMLError(f"the server answered HTTP {status}")
+    with HttpSession(url, key, timeout=timeout, ca_file=ca_file) as session:
+        return session.read(f"/api/v1/jobs/{int(job_id)}/logs?offset={int(offset)}", job_id=job_id)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import trio
 from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .._config import ServerSettings
@@ -15,10 +17,12 @@ from .._faults import report_internal_error
 from ..actors import INTERNAL_MESSAGE
 from ..errors import AuthError, FetchMLError, InternalError, RateLimitedError
 from ..protocol import CLOSE_INTERNAL_ERROR, ErrorBody, ErrorEnvelope
+from ._files import register_files
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
 from ._security import install_security
 from ._service import Service
+from ._snapshots import body_limit, register_snapshots
 from ._ws import Connection
 
 __all__ = ["create_app"]
@@ -35,11 +39,16 @@ def create_app(
     with 1001 instead of being dropped.
     """
     app = QuartTrio("fetchml")
+    # A file path such as //etc/passwd is the route's to refuse (404), not a redirect to merge.
+    app.url_map.merge_slashes = False
+    app.request_class = _request_class(settings.max_body_bytes, service)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = 60
     metrics = metrics or Metrics()
     install_security(app, settings, service)
     register_http(app, service, metrics, closing)
+    register_snapshots(app, service)
+    register_files(app, service)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:
@@ -77,7 +86,7 @@ def create_app(
         status = exc.code or 500
         message = exc.description or exc.name or "error"
         if status == 413:
-            message = f"request body larger than {settings.max_body_bytes} bytes"
+            message = f"request body larger than {request.max_content_length} bytes"
         body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
         response = json_response(body, status=status)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
@@ -98,6 +107,20 @@ def create_app(
         return response
 
     return app
+
+
+def _request_class(default: int, service: Service) -> type[TrioRequest]:
+    """Quart's request class with the body limit of each route (``body_limit``): uploads take
+    more than ``server.max_body_bytes``; everything else, that.  Quart has no per-route limit,
+    but creates every request through ``app.request_class`` with the app's limit."""
+
+    class _Request(TrioRequest):
+        def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any):
+            snapshots = service.scheduler.config.snapshots
+            kwargs["max_content_length"] = body_limit(path, snapshots, default)
+            super().__init__(method, scheme, path, *args, **kwargs)
+
+    return _Request
 
 
 def _error_response(exc: FetchMLError) -> Response:

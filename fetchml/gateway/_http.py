@@ -24,7 +24,7 @@ from ._metrics import Metrics
 from ._openapi import MAX_LIST, MAX_OFFSET, MAX_QUERY_ID, openapi_document
 from ._service import Service
 
-__all__ = ["api_key_from", "json_response", "register_http"]
+__all__ = ["api_key_from", "caller", "int_arg", "json_response", "register_http"]
 
 _json = msgspec.json.Encoder()
 
@@ -46,7 +46,7 @@ def api_key_from(headers: Any) -> str | None:
 _DECIMAL = re.compile(r"-?[0-9]+")
 
 
-def _int_arg(name: str, default: int | None, *, low: int, high: int) -> int | None:
+def int_arg(name: str, default: int | None, *, low: int, high: int) -> int | None:
     """Query parameter ``name``: a decimal integer (ASCII digits, an optional ``-``) from
     ``low`` to ``high``, or ``default`` if absent.  Raises InvalidRequestError (400)."""
     raw = request.args.get(name)
@@ -106,6 +106,18 @@ async def _next_chunk(
     return chunk
 
 
+async def caller(service: Service) -> Principal:
+    """The caller of the request being served, counted against its key's rate limit.  Raises
+    AuthError (401) and RateLimitedError (429).  Waits on the auth actor (and the audit log on
+    a refusal)."""
+    principal = await service.authenticate(api_key_from(request.headers))
+    g.fetchml_user = principal.user  # named in the log line of a fault in this request
+    retry_after_s = service.over_limit(principal)
+    if retry_after_s:
+        await service.refuse_rate(principal, f"{request.method} {request.path}", retry_after_s)
+    return principal
+
+
 def register_http(
     app: Quart, service: Service, metrics: Metrics, closing: trio.Event | None = None
 ) -> None:
@@ -118,14 +130,7 @@ def register_http(
         closing = trio.Event()
 
     async def who() -> Principal:
-        """The caller, counted against its key's rate limit.  Raises AuthError (401) and
-        RateLimitedError (429).  Waits on the auth actor (and the audit log on a refusal)."""
-        principal = await service.authenticate(api_key_from(request.headers))
-        g.fetchml_user = principal.user  # named in the log line of a fault in this request
-        retry_after_s = service.over_limit(principal)
-        if retry_after_s:
-            await service.refuse_rate(principal, f"{request.method} {request.path}", retry_after_s)
-        return principal
+        return await caller(service)
 
     @app.get("/health")
     async def health() -> Response:
@@ -159,8 +164,8 @@ def register_http(
             principal,
             user=request.args.get("user") or None,
             states=_states_arg(),
-            limit=_int_arg("limit", 100, low=1, high=MAX_LIST) or 100,
-            before_id=_int_arg("before", None, low=1, high=MAX_QUERY_ID),
+            limit=int_arg("limit", 100, low=1, high=MAX_LIST) or 100,
+            before_id=int_arg("before", None, low=1, high=MAX_QUERY_ID),
         )
         return json_response(JobsBody(jobs=jobs))
 
@@ -175,7 +180,7 @@ def register_http(
     @app.get("/api/v1/jobs/<int:job_id>/logs")
     async def job_logs(job_id: int) -> Response:
         principal = await who()
-        offset = _int_arg("offset", 0, low=0, high=MAX_OFFSET) or 0
+        offset = int_arg("offset", 0, low=0, high=MAX_OFFSET) or 0
         follow = _flag_arg("follow")
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
         # A followed log can stream for days: it ends when the key is revoked or expires.

@@ -2,8 +2,9 @@
 
 The document is checked against the running server by schemathesis
 (``tests/test_openapi_conformance.py``): every status code a route can send is listed, every
-parameter range is the one the route enforces (``_http.py``), and every response body matches
-its schema.  Change both together.
+parameter range is the one the route enforces (``_http.py``, ``_snapshots.py``, ``_files.py``),
+and every response body matches its schema.  Change both together.  The paths of snapshots and
+job files are in ``_openapi_files``, the parts every path uses in ``_openapi_common``.
 """
 
 from __future__ import annotations
@@ -14,116 +15,71 @@ from typing import Any
 
 import msgspec
 
-from .._models import Job, JobSpec, JobState, StatusReport
-from ..protocol import ErrorBody
-
-__all__ = ["MAX_LIST", "MAX_OFFSET", "MAX_QUERY_ID", "STATE_LIST_PATTERN", "openapi_document"]
-
-# The ranges the routes enforce (``_http.py`` uses these very constants).
-MAX_LIST = 10_000  # jobs per page
-MAX_QUERY_ID = 2**63 - 1  # SQLite's INTEGER range: the largest id a job can have
-MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
-
-_STATE = "(?:" + "|".join(sorted((s.value for s in JobState), key=len, reverse=True)) + ")"
-# One ``state`` value: job states separated by commas.  Empty items are ignored (``state=`` is
-# no filter, like ``user=``), so the pattern allows them.
-STATE_LIST_PATTERN = f"^{_STATE}?(?:,{_STATE}?)*$"
-# What ``follow`` accepts (case-insensitive): 1/true/yes follow, 0/false/no or empty do not.
-_FLAG_PATTERN = "^(?:1|0|[Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|[Ff][Aa][Ll][Ss][Ee]|[Nn][Oo])?$"
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": _ref("Error")}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
-
-
-def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _wrapped(key: str, ref: str, *, many: bool = False) -> dict[str, Any]:
-    item = _ref(ref)
-    return {
-        "type": "object",
-        "properties": {key: {"type": "array", "items": item} if many else item},
-        "required": [key],
-        "additionalProperties": False,
-    }
-
-
-# Sent on every route (the allow-list runs before routing): ``ip_whitelist`` leaves the
-# client's address out.
-_ADDRESS_REFUSED = _error("the client's address is not in the allow-list (`ip_whitelist`)")
-_RATE_LIMITED = _error(
-    "rate limited: the key is over its rate, or the address is banned after too many wrong keys",
-    {
-        "Retry-After": {
-            "description": "whole seconds to wait before the next attempt can pass",
-            "required": True,
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    },
+from .._models import Job, JobSpec, StatusReport
+from ..artifacts import Gpu, OutputFile, RunManifest, SnapshotRef, Validation
+from ..protocol import (
+    ErrorBody,
+    ErrorEnvelope,
+    FilesBody,
+    Health,
+    Identity,
+    JobBody,
+    JobsBody,
+    PruneReport,
+    PruneRequest,
+    StatusBody,
 )
-_UNAUTHORIZED = _error(
-    "missing, invalid or expired API key",
-    {
-        "WWW-Authenticate": {
-            "description": 'always `Bearer realm="fetchml"`',
-            "required": True,
-            "schema": {"type": "string"},
-        }
-    },
+from ..snapshots import Manifest, Plan, SnapshotInfo
+from ._openapi_common import (
+    ADDRESS_REFUSED,
+    BAD_JOB_ID,
+    FLAG_PATTERN,
+    JOB_ID,
+    KEYED,
+    KEYED_SCHEDULER,
+    MANIFEST_PATH_PATTERN,
+    MAX_LIST,
+    MAX_OFFSET,
+    MAX_QUERY_ID,
+    NO_SUCH_JOB,
+    STATE_LIST_PATTERN,
+    STOPPING,
+    BlobPart,
+    BlobsStored,
+    SnapshotBody,
+    as_sent,
+    error_response,
+    job_link,
+    ok_response,
+    query_param,
+    schema_ref,
 )
-_STOPPING = _error("the server is shutting down (`unavailable`)")
-_KEYED = {
-    "401": _UNAUTHORIZED,
-    "403": _error("missing permission (named in `permission`), or address not allowed"),
-    "429": _RATE_LIMITED,
-}
-# The routes that reach the scheduler may also be told it is stopping.
-_KEYED_SCHEDULER = {**_KEYED, "503": _STOPPING}
+from ._openapi_files import file_paths, manifest_rules, snapshot_paths
 
-_JOB_ID = {
-    "name": "job_id",
-    "in": "path",
-    "required": True,
-    "description": (
-        "a job id (decimal); 0 is refused with 400, a path that is not a decimal number names "
-        "no route (404)"
-    ),
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_ID},
-}
-_BAD_JOB_ID = _error("`job_id` is 0, not a job id (`invalid_request`, field `job_id`)")
-_NO_SUCH_JOB = _error(
-    "no such job, or one the key may not see (`not_found`); also for a path that is not a job id"
-)
-
-
-def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": "query", "description": description, "schema": schema, **extra}
-
-
-def _link(operation_id: str) -> dict[str, Any]:
-    return {"operationId": operation_id, "parameters": {"job_id": "$response.body#/job/id"}}
+__all__ = [
+    "MANIFEST_PATH_PATTERN",
+    "MAX_LIST",
+    "MAX_OFFSET",
+    "MAX_QUERY_ID",
+    "STATE_LIST_PATTERN",
+    "BlobPart",
+    "BlobsStored",
+    "SnapshotBody",
+    "openapi_document",
+]
 
 
 def _paths() -> dict[str, Any]:
-    job = _ok("the job", _wrapped("job", "Job"))
+    job = ok_response("the job", schema_ref("JobBody"))
     created = {
-        **_ok("the stored job, queued", _wrapped("job", "Job")),
+        **ok_response("the stored job, queued", schema_ref("JobBody")),
         "links": {
-            "GetJob": _link("getJob"),
-            "CancelJob": _link("cancelJob"),
-            "GetJobLogs": _link("getJobLogs"),
+            "GetJob": job_link("getJob"),
+            "CancelJob": job_link("cancelJob"),
+            "GetJobLogs": job_link("getJobLogs"),
+            "GetJobManifest": job_link("getJobManifest"),
+            "ListJobFiles": job_link("listJobFiles"),
+            "ValidateJob": job_link("validateJob"),
         },
     }
     return {
@@ -133,16 +89,8 @@ def _paths() -> dict[str, Any]:
                 "summary": "Liveness (no key)",
                 "security": [],
                 "responses": {
-                    "200": _ok(
-                        "the server is up",
-                        {
-                            "type": "object",
-                            "properties": {"status": {"const": "ok"}},
-                            "required": ["status"],
-                            "additionalProperties": False,
-                        },
-                    ),
-                    "403": _ADDRESS_REFUSED,
+                    "200": ok_response("the server is up", schema_ref("Health")),
+                    "403": ADDRESS_REFUSED,
                 },
             }
         },
@@ -159,8 +107,8 @@ def _paths() -> dict[str, Any]:
                         ),
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "403": _ADDRESS_REFUSED,
-                    "503": _STOPPING,
+                    "403": ADDRESS_REFUSED,
+                    "503": STOPPING,
                 },
             }
         },
@@ -170,8 +118,8 @@ def _paths() -> dict[str, Any]:
                 "summary": "This document (no key)",
                 "security": [],
                 "responses": {
-                    "200": _ok("the OpenAPI document", {"type": "object"}),
-                    "403": _ADDRESS_REFUSED,
+                    "200": ok_response("the OpenAPI document", {"type": "object"}),
+                    "403": ADDRESS_REFUSED,
                 },
             }
         },
@@ -181,26 +129,26 @@ def _paths() -> dict[str, Any]:
                 "summary": "Queue a job",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("JobSpec")}},
+                    "content": {"application/json": {"schema": schema_ref("JobSpec")}},
                 },
                 "responses": {
                     "201": created,
-                    "400": _error(
+                    "400": error_response(
                         "the body is not JSON (`invalid_request`) or not a valid spec "
                         "(`invalid_spec`, the field named in `field`): also a spec the schema "
                         "allows but this server cannot run (more cpus, memory or GPUs than it "
                         "has) or an unknown `depends_on` job"
                     ),
-                    "408": _error("the body did not arrive in time"),
-                    "413": _error("the body is larger than `server.max_body_bytes`"),
-                    **_KEYED_SCHEDULER,
+                    "408": error_response("the body did not arrive in time"),
+                    "413": error_response("the body is larger than `server.max_body_bytes`"),
+                    **KEYED_SCHEDULER,
                 },
             },
             "get": {
                 "operationId": "listJobs",
                 "summary": "Jobs the key may see, newest first (researchers: their own)",
                 "parameters": [
-                    _query(
+                    query_param(
                         "state",
                         {
                             "type": "array",
@@ -211,27 +159,29 @@ def _paths() -> dict[str, Any]:
                         style="form",
                         explode=True,
                     ),
-                    _query(
+                    query_param(
                         "user",
                         {"type": "string"},
                         "only this user's jobs (empty: everyone's); another user's needs "
                         "`jobs:read:all` (else 403)",
                     ),
-                    _query(
+                    query_param(
                         "limit",
                         {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": 100},
                         "at most this many jobs",
                     ),
-                    _query(
+                    query_param(
                         "before",
                         {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_ID},
                         "only jobs with a smaller id (the next page: the last id seen)",
                     ),
                 ],
                 "responses": {
-                    "200": _ok("the jobs, newest first", _wrapped("jobs", "Job", many=True)),
-                    "400": _error("a parameter out of range (`invalid_request`, named in `field`)"),
-                    **_KEYED_SCHEDULER,
+                    "200": ok_response("the jobs, newest first", schema_ref("JobsBody")),
+                    "400": error_response(
+                        "a parameter out of range (`invalid_request`, named in `field`)"
+                    ),
+                    **KEYED_SCHEDULER,
                 },
             },
         },
@@ -239,12 +189,12 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "getJob",
                 "summary": "One job",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {
                     "200": job,
-                    "400": _BAD_JOB_ID,
-                    "404": _NO_SUCH_JOB,
-                    **_KEYED_SCHEDULER,
+                    "400": BAD_JOB_ID,
+                    "404": NO_SUCH_JOB,
+                    **KEYED_SCHEDULER,
                 },
             }
         },
@@ -252,13 +202,13 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "cancelJob",
                 "summary": "Cancel a job; answers once it has ended",
-                "parameters": [_JOB_ID],
+                "parameters": [JOB_ID],
                 "responses": {
-                    "200": _ok("the job, cancelled", _wrapped("job", "Job")),
-                    "400": _BAD_JOB_ID,
-                    "404": _NO_SUCH_JOB,
-                    "409": _error("the job had already ended (`conflict`)"),
-                    **_KEYED_SCHEDULER,
+                    "200": ok_response("the job, cancelled", schema_ref("JobBody")),
+                    "400": BAD_JOB_ID,
+                    "404": NO_SUCH_JOB,
+                    "409": error_response("the job had already ended (`conflict`)"),
+                    **KEYED_SCHEDULER,
                 },
             }
         },
@@ -267,15 +217,15 @@ def _paths() -> dict[str, Any]:
                 "operationId": "getJobLogs",
                 "summary": "The job's stdout and stderr (follow streams until the job ends)",
                 "parameters": [
-                    _JOB_ID,
-                    _query(
+                    JOB_ID,
+                    query_param(
                         "offset",
                         {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
                         "start at this byte",
                     ),
-                    _query(
+                    query_param(
                         "follow",
-                        {"type": "string", "pattern": _FLAG_PATTERN},
+                        {"type": "string", "pattern": FLAG_PATTERN},
                         "`1`, `true` or `yes` (any case): stream the log until the job has "
                         "ended; `0`, `false`, `no` or empty: what is there now",
                     ),
@@ -285,12 +235,12 @@ def _paths() -> dict[str, Any]:
                         "description": "the log bytes from `offset` (empty if none yet)",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    "400": _error(
+                    "400": error_response(
                         "`job_id` 0, or `offset` / `follow` out of range "
                         "(`invalid_request`, named in `field`)"
                     ),
-                    "404": _NO_SUCH_JOB,
-                    **_KEYED_SCHEDULER,
+                    "404": NO_SUCH_JOB,
+                    **KEYED_SCHEDULER,
                 },
             }
         },
@@ -299,8 +249,8 @@ def _paths() -> dict[str, Any]:
                 "operationId": "status",
                 "summary": "Queue and resource summary",
                 "responses": {
-                    "200": _ok("the summary", _wrapped("status", "StatusReport")),
-                    **_KEYED_SCHEDULER,
+                    "200": ok_response("the summary", schema_ref("StatusBody")),
+                    **KEYED_SCHEDULER,
                 },
             }
         },
@@ -309,33 +259,14 @@ def _paths() -> dict[str, Any]:
                 "operationId": "whoami",
                 "summary": "The key's user, roles and permissions (any key)",
                 "responses": {
-                    "200": _ok(
-                        "the identity",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "user": {"type": "string"},
-                                "roles": {"type": "array", "items": {"type": "string"}},
-                                "permissions": {"type": "array", "items": {"type": "string"}},
-                                "admin": {"type": "boolean"},
-                            },
-                            "required": ["user", "roles", "permissions", "admin"],
-                            "additionalProperties": False,
-                        },
-                    ),
-                    **_KEYED,
+                    "200": ok_response("the identity", schema_ref("Identity")),
+                    **KEYED,
                 },
             }
         },
+        **snapshot_paths(),
+        **file_paths(),
     }
-
-
-_ERROR = {
-    "type": "object",
-    "properties": {"error": _ref("ErrorBody")},
-    "required": ["error"],
-    "additionalProperties": False,
-}
 
 
 def _spec_rules(spec: dict[str, Any]) -> None:
@@ -360,40 +291,46 @@ def _spec_rules(spec: dict[str, Any]) -> None:
     properties["depends_on"]["uniqueItems"] = True
 
 
-def _as_sent(schema: dict[str, Any], struct: type[msgspec.Struct]) -> None:
-    """Make the generated schema of a response struct say exactly what the server sends.
-
-    No other fields; every field, unless the struct omits defaults; then a field left at its
-    default None is left out, never sent as null.
-    """
-    schema["additionalProperties"] = False
-    fields = msgspec.structs.fields(struct)
-    if not struct.__struct_config__.omit_defaults:
-        schema["required"] = [f.encode_name for f in fields]
-        return
-    for f in fields:
-        prop = schema["properties"][f.encode_name]
-        if f.default is None and "anyOf" in prop:
-            branches = [b for b in prop.pop("anyOf") if b != {"type": "null"}]
-            prop.pop("default", None)
-            if len(branches) == 1:
-                prop.update(branches[0])
-            else:
-                prop["anyOf"] = branches
-
-
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document (built once)."""
-    responses: list[type[msgspec.Struct]] = [Job, StatusReport, ErrorBody]
+    # Every body the routes send, as the structs the gateway encodes (fetchml.protocol).
+    responses: list[type[msgspec.Struct]] = [
+        Job,
+        StatusReport,
+        ErrorBody,
+        ErrorEnvelope,
+        Identity,
+        JobBody,
+        JobsBody,
+        StatusBody,
+        Health,
+        # Snapshots (``_snapshots.py``).
+        Plan,
+        SnapshotInfo,
+        SnapshotBody,
+        BlobsStored,
+        BlobPart,
+        # What jobs leave (``_files.py``).
+        RunManifest,
+        SnapshotRef,
+        Gpu,
+        OutputFile,
+        FilesBody,
+        Validation,
+        PruneReport,
+    ]
+    # Request bodies (``Manifest`` is also what ``GET /api/v1/snapshots/{id}`` sends, every
+    # field: ``StoredManifest``; its entries have no defaults).
+    requests: list[type[msgspec.Struct]] = [JobSpec, Manifest, PruneRequest]
     (_, components) = msgspec.json.schema_components(
-        [JobSpec, *responses], ref_template="#/components/schemas/{name}"
+        [*requests, *responses], ref_template="#/components/schemas/{name}"
     )
     _spec_rules(components["JobSpec"])
     for struct in responses:
-        _as_sent(components[struct.__name__], struct)
+        as_sent(components[struct.__name__], struct)
+    manifest_rules(components)
     components["Job"]["properties"]["id"].update(minimum=1, maximum=MAX_QUERY_ID)
-    components["Error"] = _ERROR
     return {
         "openapi": "3.1.0",
         "info": {"title": "Fetch ML", "version": "1"},

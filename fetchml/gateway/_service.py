@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -63,26 +63,12 @@ class Service:
         self.limits = Limits(limits)
         self.sessions = Sessions(auth)
 
-    async def record(
-        self,
-        action: str,
-        *,
-        user: str | None,
-        outcome: str = "ok",
-        code: str | None = None,
-        job_id: int | None = None,
-    ) -> None:
-        """Audit ``action`` of the request being served, from its client's address (no audit
-        log: nothing).  Waits until the entry is written; raises OSError if it cannot be."""
+    async def record(self, action: str, **entry: Any) -> None:
+        """Audit ``action`` of the request being served, from its client's address, with
+        ``entry`` (``user``, ``outcome``, ``code``, ``job_id``: see ``AuditLog.record``); no audit
+        log: nothing.  Waits until the entry is written; raises OSError if it cannot be."""
         if self.audit is not None:
-            await self.audit.record(
-                action,
-                user=user,
-                outcome=outcome,
-                code=code,
-                job_id=job_id,
-                source=source_address.get(),
-            )
+            await self.audit.record(action, source=source_address.get(), **entry)
 
     async def authenticate(self, key: str | None) -> Principal:
         """The principal for an API key.  Raises :class:`AuthError` (401), audited.

@@ -14,8 +14,7 @@ import time
 
 import trio
 
-from ..auth import AuthActor, AuthConfig, Principal
-from ..auth._config import IPNetwork
+from ..auth import AuthActor, AuthConfig, IPNetwork, Principal
 from ..errors import AuthError, PermissionDeniedError
 
 __all__ = ["ADDRESS_NOT_ALLOWED", "Sessions", "address_allowed"]

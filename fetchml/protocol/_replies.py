@@ -9,15 +9,19 @@ text frames (:class:`LogText`, what a browser reads).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from .._models import Job, StatusReport
+from ..artifacts import OutputFile
 from ._errors import ErrorBody
 
 __all__ = [
     "ErrorEnvelope",
     "ErrorReply",
     "Event",
+    "FilesBody",
     "Health",
     "Identity",
     "IdentityReply",
@@ -29,6 +33,8 @@ __all__ = [
     "LogChunk",
     "LogEnd",
     "LogText",
+    "PruneReport",
+    "PruneRequest",
     "Reply",
     "StatusBody",
     "StatusReply",
@@ -73,6 +79,32 @@ class ErrorEnvelope(_Body, frozen=True, kw_only=True):
 
 class Health(_Body, frozen=True, kw_only=True):
     status: str = "ok"
+
+
+class FilesBody(_Body, frozen=True, kw_only=True):
+    """A job's output files; ``final`` once the job has ended (then each has its SHA-256)."""
+
+    files: list[OutputFile]
+    final: bool
+
+
+class PruneRequest(_Body, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What to prune: what ended more than ``older_than_s`` ago, but the ``keep_last`` most
+    recently ended jobs; ``dry_run`` only says what would go."""
+
+    older_than_s: Annotated[float, msgspec.Meta(ge=0, le=1e10)] = 30 * 86400.0
+    keep_last: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
+    dry_run: bool = False
+
+
+class PruneReport(_Body, frozen=True, kw_only=True):
+    """What a prune removed (or, with ``dry_run``, would remove)."""
+
+    dry_run: bool
+    jobs: list[int]
+    snapshots: int
+    blobs: int
+    bytes_freed: int
 
 
 # --- replies (WebSocket) -------------------------------------------------------------------

@@ -119,7 +119,11 @@ async def run_server(
     if stop is None:  # not ``stop or ...``: a trio.Event refuses to be used as a bool
         stop = trio.Event()
     runtime = await prepare_runtime(config)
-    store = await Store.open(config.data_path, synchronous=config.store.synchronous)
+    try:
+        store = await Store.open(config.data_path, synchronous=config.store.synchronous)
+    except BaseException:
+        runtime.close()
+        raise
     gc_thresholds = gc.get_threshold()
     if handle_signals:
         gc.set_threshold(*GC_THRESHOLDS)
@@ -163,6 +167,7 @@ async def run_server(
         gc.set_threshold(*gc_thresholds)
         with trio.CancelScope(shield=True):
             await store.aclose()
+        runtime.close()
     log.info("stopped; running jobs keep running and are re-adopted on the next start")
 
 

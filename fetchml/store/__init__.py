@@ -1,5 +1,15 @@
 """The durable job store (SQLite, WAL, group commit, versioned schema)."""
 
+from ._sqlite import connect, migrate
 from ._store import DB_NAME, Batch, Store, Unreadable, now, unreadable_job
 
-__all__ = ["DB_NAME", "Batch", "Store", "Unreadable", "now", "unreadable_job"]
+__all__ = [
+    "DB_NAME",
+    "Batch",
+    "Store",
+    "Unreadable",
+    "connect",
+    "migrate",
+    "now",
+    "unreadable_job",
+]

@@ -27,7 +27,8 @@ import trio
 from .._faults import report_internal_error
 from .._models import Job, JobEvent, JobSpec, JobState
 from ..errors import StoreError
-from ._schema import MIGRATIONS, SCHEMA_VERSION
+from ._schema import MIGRATIONS
+from ._sqlite import connect, migrate
 
 __all__ = ["Batch", "Store", "Unreadable", "unreadable_job"]
 
@@ -110,34 +111,6 @@ def _decode(data: object, job_id: object) -> Job | str:
     return job
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"store schema version {version} is newer than this Fetch ML understands "
-            f"({SCHEMA_VERSION}); upgrade Fetch ML"
-        )
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[number - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
 class Store:
     """The SQLite job store.  Open it with :meth:`open`; close it with :meth:`aclose`."""
 
@@ -163,10 +136,10 @@ class Store:
         def _open() -> Store:
             data_dir.mkdir(parents=True, exist_ok=True)
             path = data_dir / DB_NAME
-            writer = _connect(path, synchronous)
+            writer = connect(path, synchronous)
             try:
-                _migrate(writer)
-                return cls(writer, _connect(path, synchronous))
+                migrate(writer, MIGRATIONS, what="store")
+                return cls(writer, connect(path, synchronous))
             except BaseException:
                 writer.close()
                 raise

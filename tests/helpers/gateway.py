@@ -448,6 +448,29 @@ class Ws:
                 got.append(await self.pump(within=seconds + 1))
         return got
 
+    async def barrier(self, within: float = 10.0) -> list[dict[str, Any]]:
+        """Every frame that arrives before the reply to a ``whoami`` sent now (filed as usual;
+        the whoami's own reply is not kept).
+
+        A check that nothing more came which cannot race: frames go out on one connection in
+        the order they are sent, and the server is done with a request once it has sent its
+        reply (a malformed frame, ``auth`` and ``subscribe`` even before it reads the next frame;
+        another op in a task whose last act is its reply).  So whatever the server sends for the
+        requests it answered before this whoami arrives comes before the whoami's reply.  Events
+        are forwarded by each subscription's own task, unordered against replies: this is no
+        barrier for them.
+        """
+        rid = self.next_id()
+        await self.send({"op": "whoami", "id": rid})
+        got: list[dict[str, Any]] = []
+        with trio.fail_after(within):
+            while True:
+                frame = await self.pump(within)
+                if frame.get("re") == rid:
+                    del self.replies[rid]
+                    return got
+                got.append(frame)
+
     async def closed(self, within: float = 10.0) -> tuple[int, str | None]:
         """Read (and file) frames until the server closes; return (code, reason)."""
         with trio.fail_after(within):
@@ -455,7 +478,14 @@ class Ws:
                 try:
                     await self.pump(within)
                 except ConnectionClosed as exc:
-                    return exc.reason.code, exc.reason.reason
+                    return close_of(exc)
+
+
+def close_of(exc: ConnectionClosed) -> tuple[int, str | None]:
+    """(code, reason) of the close that ended a trio-websocket connection."""
+    if exc.reason is None:  # trio-websocket types it optional: no close seen yet
+        raise AssertionError(f"connection closed without a close frame: {exc!r}")
+    return exc.reason.code, exc.reason.reason
 
 
 @contextlib.asynccontextmanager
@@ -475,12 +505,14 @@ async def ws_connect(
     to a queue nobody reads (events keep coming), and the exit waits for that task.
     """
     headers = auth_headers(key, style) if (key is not None and not auth_op) else []
+    # trio-websocket (wsproto) takes the upgrade's extra headers as bytes.
+    extra_headers = [(name.encode(), value.encode()) for name, value in headers]
     conn: trio_websocket.WebSocketConnection | None = None
     try:
         with trio.CancelScope() as bound:
             async with trio_websocket.open_websocket_url(
                 ws_url(base),
-                extra_headers=headers,
+                extra_headers=extra_headers,
                 max_message_size=16 * 1024 * 1024,
                 connect_timeout=10,
                 disconnect_timeout=5,
@@ -586,8 +618,9 @@ class RawWs:
                 data += chunk
         return data
 
-    async def read_until_close(self, within: float = 10.0) -> tuple[list[Any], int, str]:
-        """Read every frame until the server's close; return (frames, code, reason)."""
+    async def read_until_close(self, within: float = 10.0) -> tuple[list[Any], int, str | None]:
+        """Read every frame until the server's close; return (frames, code, reason: None for a
+        close frame without one)."""
         frames: list[Any] = self.frames
         with trio.fail_after(within):
             while True:
@@ -652,17 +685,29 @@ class ServerProcess:
         self.base = f"http://{HOST}:{port}"
         self.proc: trio.Process | None = None
         self._stderr = bytearray()
+        self._stderr_ended = trio.Event()
 
     @property
     def stderr(self) -> str:
         return self._stderr.decode(errors="replace")
 
+    async def stderr_to_end(self, within: float = 5.0) -> str:
+        """All the server wrote to stderr, once the process has exited: waits for the end of
+        the pipe (the server's jobs do not hold it: their output goes to their logs), so that
+        a check that something was *not* logged cannot pass on a log read too early."""
+        with trio.fail_after(within):
+            await self._stderr_ended.wait()
+        return self.stderr
+
     async def _read_stderr(self) -> None:
         assert self.proc is not None
         assert self.proc.stderr is not None
-        async with self.proc.stderr:
-            while chunk := await self.proc.stderr.receive_some(65536):
-                self._stderr += chunk
+        try:
+            async with self.proc.stderr:
+                while chunk := await self.proc.stderr.receive_some(65536):
+                    self._stderr += chunk
+        finally:
+            self._stderr_ended.set()
 
     async def start(self, nursery: trio.Nursery, *, wait_up: bool = True) -> None:
         argv = [sys.executable, "-c", SERVE_PROGRAM, "serve", *self.args, "--port", str(self.port)]
@@ -685,9 +730,8 @@ class ServerProcess:
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    await trio.sleep(0.1)  # let the stderr reader catch up
                     raise AssertionError(
-                        f"server exited with {self.proc.returncode}:\n{self.stderr}"
+                        f"server exited with {self.proc.returncode}:\n" + await self.stderr_to_end()
                     )
                 with contextlib.suppress(OSError, h11.ProtocolError, trio.TooSlowError):
                     response = await http(self.base, "GET", "/health", within=2)

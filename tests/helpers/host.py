@@ -9,12 +9,13 @@ i.e. once the job is durably stored.  Each short job appends its id to RUNS_FILE
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import trio
 
 import fetchml
 
-SETTINGS = {"cpus": 2, "memory_mb": 1000, "gpus": [], "kill_grace_s": 0.5}
+SETTINGS: dict[str, Any] = {"cpus": 2, "memory_mb": 1000, "gpus": [], "kill_grace_s": 0.5}
 SUBMITTERS = 4
 
 

@@ -3,6 +3,15 @@ substrate.  :class:`LocalBackend` runs process groups on this machine; the Ray b
 (``executor.backend: ray``, in ``_ray``) is imported only when configured, with Ray."""
 
 from ._base import Backend, Capacity, Ended
-from ._local import LocalBackend, LocalRun, job_dir, log_path
+from ._local import LocalBackend, LocalRun, job_dir, log_path, work_dir
 
-__all__ = ["Backend", "Capacity", "Ended", "LocalBackend", "LocalRun", "job_dir", "log_path"]
+__all__ = [
+    "Backend",
+    "Capacity",
+    "Ended",
+    "LocalBackend",
+    "LocalRun",
+    "job_dir",
+    "log_path",
+    "work_dir",
+]

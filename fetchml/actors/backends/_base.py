@@ -61,6 +61,8 @@ class Backend(abc.ABC, Generic[R]):
 
     #: Seconds between capacity reads, or None: the capacity is fixed (config or machine).
     capacity_refresh_s: float | None = None
+    #: Where runs happen, for run manifests (None: this machine).
+    host: str | None = None
 
     async def capacity(self) -> Capacity | None:
         """What the backend can run at once now; None: the scheduler uses the config or machine.

@@ -9,7 +9,8 @@ sees them normally.  Because the status is on disk, a server restart can adopt a
 pid, verified through ``/proc/<pid>/environ``) or collect the status of one that ended meanwhile.
 
 Per job, under ``<data_dir>/jobs/<id>/``: ``log`` (stdout and stderr, appended across attempts),
-``output/`` (``FETCHML_OUTPUT_DIR``), ``pid.<n>`` and ``exit.<n>``.
+``output/`` (``FETCHML_OUTPUT_DIR``), ``work/`` (the private working copy of the job's snapshot,
+if it has one: its working directory), ``pid.<n>`` and ``exit.<n>``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..._models import Job
 from ...errors import JobStartError
 from ._base import Backend, Ended
 
-__all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path"]
+__all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path", "work_dir"]
 
 _SUPERVISOR = """trap : TERM INT HUP
 d=$1 n=$2 c=$3
@@ -41,6 +42,11 @@ printf '%s\\n' "$s" >"$d/exit.$n"
 
 def job_dir(data_dir: Path, job_id: int) -> Path:
     return data_dir / "jobs" / str(job_id)
+
+
+def work_dir(data_dir: Path, job_id: int) -> Path:
+    """The job's private working copy of its snapshot (made anew for each run)."""
+    return job_dir(data_dir, job_id) / "work"
 
 
 def log_path(data_dir: Path, job_id: int) -> Path:
@@ -129,6 +135,11 @@ def _kill_leftovers(job_id: int, attempt: int, output: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _prepend(folder: str, env: dict[str, str]) -> str:
+    existing = env.get("PYTHONPATH")
+    return f"{folder}:{existing}" if existing else folder
+
+
 class LocalBackend(Backend[LocalRun]):
     """Runs jobs as local process groups under ``data_dir/jobs``."""
 
@@ -143,6 +154,11 @@ class LocalBackend(Backend[LocalRun]):
         env["FETCHML_JOB_ID"] = str(job.id)
         env["FETCHML_ATTEMPT"] = str(job.attempts)
         env["FETCHML_OUTPUT_DIR"] = str(output)
+        if job.spec.snapshot is not None:
+            env["FETCHML_SNAPSHOT_ID"] = job.spec.snapshot
+            # The project's root on the import path, as an editable install of it would be, so
+            # a script in a subfolder imports the project's packages as it does locally.
+            env["PYTHONPATH"] = _prepend(str(work_dir(self._data_dir, job.id)), env)
         # An empty list hides every GPU: a job sees exactly the devices it was given.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in job.gpus)
         return env
@@ -157,7 +173,12 @@ class LocalBackend(Backend[LocalRun]):
         directory = job_dir(self._data_dir, job.id)
         output = directory / "output"
         output.mkdir(parents=True, exist_ok=True)
-        cwd = job.spec.cwd or str(output)
+        if job.spec.snapshot is not None:
+            # The working copy the executor made; the spec's cwd is a folder inside it.
+            work = directory / "work"
+            cwd = str(work / job.spec.cwd) if job.spec.cwd else str(work)
+        else:
+            cwd = job.spec.cwd or str(output)
         argv = ["/bin/sh", "-c", _SUPERVISOR, "fetchml-job", str(directory), str(job.attempts)]
         argv += [cwd, *job.spec.argv()]
         log_fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)

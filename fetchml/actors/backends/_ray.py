@@ -37,9 +37,10 @@ import trio
 
 from ..._config import RaySettings
 from ..._models import Job, JobSpec
+from ...artifacts import UPLOADER, new_run_token
 from ...errors import BackendUnavailableError, ConfigError, JobStartError
 from ._base import Backend, Capacity, Ended
-from ._local import job_dir, log_path
+from ._local import job_dir, log_path, work_dir
 from ._ray_client import (
     RayClient,
     RayDuplicate,
@@ -75,15 +76,52 @@ def submission_id(instance: str, job_id: int, attempt: int) -> str:
     return f"fetchml-{instance}-{job_id}-{attempt}"
 
 
-def entrypoint(spec: JobSpec) -> str:
+def entrypoint(spec: JobSpec, results: bool = False) -> str:
     """The shell command Ray runs (with ``/bin/sh -c``) for ``spec``: its argv, safely quoted.
 
-    ``exec`` so that Ray's stop signal reaches the job itself; ``cd`` first when ``cwd`` is set.
+    ``exec`` so that Ray's stop signal reaches the job itself; ``cd`` first when ``cwd`` is set
+    (inside the snapshot's working copy, when the job has one, whose root goes on
+    ``PYTHONPATH``).  With ``results`` the job runs
+    in a subshell with ``FETCHML_OUTPUT_DIR`` on the node, and when it ends its output folder is
+    sent to the server (:data:`~fetchml.artifacts.UPLOADER`, given in the environment with its
+    settings, :meth:`Results.env`) before the run's own exit status is returned.
     """
     command = "exec " + shlex.join(spec.argv())
     if spec.cwd:
         command = f"cd -- {shlex.quote(spec.cwd)} && {command}"
-    return command
+    if spec.snapshot is not None:
+        # The working copy's root (Ray's working_dir) on the import path, as locally.
+        command = f'PYTHONPATH="$PWD${{PYTHONPATH:+:$PYTHONPATH}}"; export PYTHONPATH; {command}'
+    if not results:
+        return command
+    return (
+        'FETCHML_OUTPUT_DIR="$PWD/.fetchml-output"; export FETCHML_OUTPUT_DIR; '
+        'mkdir -p "$FETCHML_OUTPUT_DIR"; '
+        f"( {command} ); s=$?; "
+        'python3 -c "$FETCHML_UPLOADER" '
+        "|| echo '[fetchml] the outputs could not be sent to the server' >&2; "
+        "exit $s"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Where a run on a node sends its outputs back, and the token that lets it."""
+
+    url: str
+    job_id: int
+    attempt: int
+    token: str
+    part_bytes: int
+
+    def env(self) -> dict[str, str]:
+        """The environment the uploader reads (the token never goes on a command line)."""
+        return {
+            "FETCHML_UPLOADER": UPLOADER,
+            "FETCHML_RESULTS_URL": self.url,
+            "FETCHML_RUN_TOKEN": self.token,
+            "FETCHML_PART_BYTES": str(self.part_bytes),
+        }
 
 
 def _instance_id(data_dir: Path) -> str:
@@ -122,9 +160,17 @@ class RayBackend(Backend[RayRun]):
     """Runs jobs on the Ray cluster of ``settings.address``.  Make it with :meth:`create`."""
 
     def __init__(
-        self, data_dir: Path, settings: RaySettings, client: RayClient, instance: str
+        self,
+        data_dir: Path,
+        settings: RaySettings,
+        client: RayClient,
+        instance: str,
+        *,
+        part_bytes: int = 8 << 20,
     ) -> None:
         self._data_dir = data_dir
+        self._part_bytes = part_bytes
+        self.host = f"ray cluster at {settings.address}"
         self._settings = settings
         self._client = client
         self._instance = instance
@@ -133,7 +179,9 @@ class RayBackend(Backend[RayRun]):
         self.capacity_refresh_s = settings.capacity_interval_s
 
     @classmethod
-    async def create(cls, data_dir: Path, settings: RaySettings) -> RayBackend:
+    async def create(
+        cls, data_dir: Path, settings: RaySettings, *, part_bytes: int = 8 << 20
+    ) -> RayBackend:
         """Import Ray and read (or make) the data dir's instance id, in a worker thread.
 
         Does not need the cluster.  Raises :class:`ConfigError` if Ray is not installed.
@@ -151,7 +199,7 @@ class RayBackend(Backend[RayRun]):
 
         instance = await trio.to_thread.run_sync(prepare)
         client = RayClient(settings.address, timeout=settings.request_timeout_s)
-        return cls(data_dir, settings, client, instance)
+        return cls(data_dir, settings, client, instance, part_bytes=part_bytes)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Ray client call in a worker thread; raises what it raises.
@@ -203,6 +251,21 @@ class RayBackend(Backend[RayRun]):
     def _submission(self, job: Job, run: RayRun) -> Submission:
         spec = job.spec
         env = {**spec.env, "FETCHML_JOB_ID": str(job.id), "FETCHML_ATTEMPT": str(job.attempts)}
+        working_dir = None
+        if spec.snapshot is not None:
+            env["FETCHML_SNAPSHOT_ID"] = spec.snapshot
+            working_dir = str(work_dir(self._data_dir, job.id))
+        results = None
+        if self._settings.callback_url:
+            token = new_run_token(job_dir(self._data_dir, job.id), job.attempts)
+            results = Results(
+                self._settings.callback_url.rstrip("/"),
+                job.id,
+                job.attempts,
+                token,
+                self._part_bytes,
+            )
+            env.update(results.env())
         metadata = {
             "fetchml_job_id": str(job.id),
             "fetchml_attempt": str(job.attempts),
@@ -212,12 +275,13 @@ class RayBackend(Backend[RayRun]):
             metadata["fetchml_name"] = spec.name
         return Submission(
             submission_id=run.submission_id,
-            entrypoint=entrypoint(spec),
+            entrypoint=entrypoint(spec, results is not None),
             env=env,
             cpus=spec.resources.cpus,
             gpus=spec.resources.gpus,
             memory_bytes=spec.resources.memory_mb * _MIB,
             metadata=metadata,
+            working_dir=working_dir,
         )
 
     async def start(self, job: Job) -> RayRun:

@@ -13,6 +13,7 @@ job is there already) and :class:`RayRejected` (the cluster refused the request 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 from collections.abc import AsyncGenerator, Iterator
@@ -88,10 +89,17 @@ class Submission:
     gpus: int = 0
     memory_bytes: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None  # a local folder Ray sends to the node and runs in
 
 
 def load_ray() -> None:
-    """Import the parts of Ray the backend uses.  Blocks about a second; raises ImportError."""
+    """Import the parts of Ray the backend uses.  Blocks about a second; raises ImportError.
+
+    A snapshot's working copy holds exactly the files that travel (the client applied the
+    project's ignore rules): Ray must not drop the ones its own reading of ``.gitignore``
+    would (a file the project's ``.fetchmlignore`` brings back, the ``.gitignore`` itself).
+    """
+    os.environ["RAY_RUNTIME_ENV_IGNORE_GITIGNORE"] = "1"
     import ray.job_submission
     import ray.util.state  # noqa: F401
 
@@ -185,7 +193,7 @@ class RayClient:
             client.submit_job(
                 entrypoint=submission.entrypoint,
                 submission_id=submission.submission_id,
-                runtime_env={"env_vars": dict(submission.env)},
+                runtime_env=_runtime_env(submission),
                 metadata=dict(submission.metadata),
                 entrypoint_num_cpus=submission.cpus or None,
                 entrypoint_num_gpus=submission.gpus or None,
@@ -274,3 +282,10 @@ class RayClient:
                     raise RuntimeError(f"log stream error: {ws.exception()}")
             if ws.close_code != aiohttp.WSCloseCode.OK:
                 raise RuntimeError(f"log stream closed with code {ws.close_code}")
+
+
+def _runtime_env(submission: Submission) -> dict[str, object]:
+    env: dict[str, object] = {"env_vars": dict(submission.env)}
+    if submission.working_dir is not None:
+        env["working_dir"] = submission.working_dir
+    return env
