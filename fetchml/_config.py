@@ -27,6 +27,7 @@ __all__ = [
     "SchedulerSettings",
     "SnapshotSettings",
     "TlsSettings",
+    "TrackingSettings",
     "load_config",
     "make_config",
 ]
@@ -181,6 +182,19 @@ class SnapshotSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     part_bytes: Annotated[int, msgspec.Meta(ge=1 << 16, le=1 << 30)] = 8 << 20
 
 
+class TrackingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Experiment tracking.
+
+    Each running job's track file is read every ``ingest_interval_s``; its process tree and GPUs
+    are sampled every ``system_interval_s`` (series under ``sys/``).  Points past
+    ``max_points_per_run`` are counted as dropped, not stored.
+    """
+
+    ingest_interval_s: Annotated[float, msgspec.Meta(ge=0.01, le=60)] = 0.25
+    system_interval_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 10.0
+    max_points_per_run: Annotated[int, msgspec.Meta(ge=1, le=10**10)] = 10_000_000
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole server configuration (the shape of ``configs/server.yaml``).
 
@@ -197,6 +211,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
     snapshots: SnapshotSettings = msgspec.field(default_factory=SnapshotSettings)
+    tracking: TrackingSettings = msgspec.field(default_factory=TrackingSettings)
     auth: dict[str, Any] | None = None
     auth_file: str = "configs/auth.yaml"
 

@@ -99,6 +99,8 @@ class Resources(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
+# The research narrative of a job: a hypothesis, an intent, an expected outcome, an outcome.
+Narrative = Annotated[str, msgspec.Meta(max_length=10_000)]
 # A diff kept with the job; a larger one travels with the snapshot as a blob.
 MAX_INLINE_DIFF = 64 * 1024
 
@@ -139,6 +141,8 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     by ``/bin/sh -c``.  ``priority`` runs 1 to 10, higher first.  With ``snapshot`` (a snapshot
     id) the job runs in a private working copy of that snapshot and ``cwd`` is a folder inside
     it (relative; the copy's root by default).  ``requeued_from`` names the job this one repeats.
+    ``hypothesis``, ``intent`` and ``expected_outcome`` are the research narrative, kept with the
+    run's metrics (its outcome is recorded after the run).
     """
 
     command: list[str] | str
@@ -160,6 +164,9 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     snapshot: Sha256 | None = None
     provenance: Provenance | None = None
     requeued_from: JobId | None = None
+    hypothesis: Narrative | None = None
+    intent: Narrative | None = None
+    expected_outcome: Narrative | None = None
 
     def argv(self) -> list[str]:
         """The argv the executor starts (``/bin/sh -c`` for shell jobs)."""
@@ -351,6 +358,7 @@ def spec_problem(spec: JobSpec) -> tuple[str, str] | None:
         return "command", f"command: with env, longer than {MAX_EXEC_BYTES} bytes in all"
     labels = [("name", spec.name), ("experiment", spec.experiment)]
     labels += [(f"tags[{i}]", tag) for i, tag in enumerate(spec.tags)]
+    labels += [(key, getattr(spec, key)) for key in ("hypothesis", "intent", "expected_outcome")]
     labels += _provenance_strings(spec.provenance)
     for field, label in labels:
         problem = None if label is None else text_problem(label)

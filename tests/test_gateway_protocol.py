@@ -637,7 +637,9 @@ async def test_openapi_document_lists_every_api_route(server: Server) -> None:
     assert {"/health", "/metrics"} <= set(document["paths"])
     # Every route the app really serves under /api/v1 is documented, and nothing more.
     # The routes only: a stand-in for the service, whose parts no route reaches at set-up.
-    stand_in = SimpleNamespace(scheduler=SimpleNamespace(config=Config(), snapshots=None))
+    stand_in = SimpleNamespace(
+        scheduler=SimpleNamespace(config=Config(), snapshots=None, tracking=None)
+    )
     app = create_app(cast(Any, stand_in), ServerSettings(), trio.Event())
     served = set()
     for rule in app.url_map.iter_rules():

@@ -225,7 +225,7 @@ class Executor:
             return exited("exit" if run.exit_code is not None else "vanished", run.exit_code)
         tracked.run = run
         if self._records is not None:
-            await self._records.started(job, adopted=adopt)
+            await self._records.started(job, adopted=adopt, pid=self._backend.root_pid(run))
         try:
             code = await self._wait_enforcing_timeout(job, tracked)
         finally:

@@ -19,12 +19,16 @@ from ..artifacts import (
     write_run_manifest,
 )
 from ..snapshots import Snapshots
+from ..tracking import RunEnded, RunStarted
 from ._messages import JobExited
-from .backends import job_dir, work_dir
+from .backends import job_dir, track_path, work_dir
 
 __all__ = ["RunRecords"]
 
 log = logging.getLogger("fetchml.executor")
+
+# How long the end of a run waits for the tracker to read the rest of its track file.
+TRACK_WAIT_S = 60.0
 
 
 class RunRecords:
@@ -41,11 +45,13 @@ class RunRecords:
         *,
         gpu_names: dict[int, tuple[str, str]] | None = None,
         host: str | None = None,
+        tracker: trio.MemorySendChannel[RunStarted | RunEnded] | None = None,
     ) -> None:
         self._data_dir = data_dir.absolute()
         self._snapshots = snapshots
         self._gpu_names = gpu_names or {}
         self._host = host
+        self._tracker = tracker
         self._started: dict[tuple[int, int], RunManifest] = {}
 
     def _output(self, job_id: int) -> Path:
@@ -69,9 +75,28 @@ class RunRecords:
             job, snapshot=snapshot, gpu_names=self._gpu_names, host=self._host
         )
 
-    async def started(self, job: Job, *, adopted: bool) -> None:
-        """The run is going: write its manifest (for an adopted run, take the one its start
-        wrote).  A manifest that cannot be written is logged, not raised: the run goes on."""
+    async def started(self, job: Job, *, adopted: bool, pid: int | None = None) -> None:
+        """The run is going: tell the tracker (waits on its inbox) and write the run's manifest
+        (for an adopted run, take the one its start wrote).  A manifest that cannot be written
+        is logged, not raised: the run goes on."""
+        if self._tracker is not None:
+            spec = job.spec
+            await self._tracker.send(
+                RunStarted(
+                    job_id=job.id,
+                    user=job.user,
+                    experiment=spec.experiment,
+                    name=spec.name,
+                    narrative={
+                        "hypothesis": spec.hypothesis,
+                        "intent": spec.intent,
+                        "expected_outcome": spec.expected_outcome,
+                    },
+                    track_file=str(track_path(self._data_dir, job.id)),
+                    pid=pid,
+                    gpus=list(job.gpus),
+                )
+            )
         key = (job.id, job.attempts)
         if adopted:
             found = await trio.to_thread.run_sync(read_run_manifest, self._output(job.id))
@@ -83,8 +108,17 @@ class RunRecords:
         await self._write(job.id, manifest)
 
     async def finished(self, job: Job, exited: JobExited) -> None:
-        """The run ended: complete its manifest with the end and the hashed outputs (waits on
-        reading every output, in a worker thread)."""
+        """The run ended: wait (at most :data:`TRACK_WAIT_S`) until the tracker has read all it
+        logged, so its metrics are complete when its end is reported; then complete its
+        manifest with the end and the hashed outputs (waits on reading every output, in a
+        worker thread)."""
+        if self._tracker is not None:
+            ended = RunEnded(job.id)
+            await self._tracker.send(ended)
+            with trio.move_on_after(TRACK_WAIT_S) as waited:
+                await ended.done.wait()
+            if waited.cancelled_caught:
+                log.warning("job %d: its metrics are still being read; its end goes first", job.id)
         started = self._started.pop((job.id, exited.attempt), None)
         if started is None:
             started = started_manifest(

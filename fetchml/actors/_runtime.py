@@ -9,13 +9,14 @@ set-up, :func:`prepare_runtime`, comes first, outside any nursery.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -38,6 +39,14 @@ from ..errors import (
 )
 from ..snapshots import Snapshots
 from ..store import Store
+from ..tracking import (
+    TRACKER_INBOX_SIZE,
+    RunEnded,
+    RunStarted,
+    Sampler,
+    Tracker,
+    TrackingStore,
+)
 from ._executor import EXECUTOR_INBOX_SIZE, Executor
 from ._logs import follow_log
 from ._messages import (
@@ -62,6 +71,19 @@ from .backends import Backend, Capacity, LocalBackend, log_path
 
 __all__ = ["Runtime", "Scheduler", "open_scheduler", "prepare_runtime", "serve_actors"]
 
+T = TypeVar("T")
+
+
+def _sampler() -> Sampler | None:
+    """The system-metrics sampler (psutil, ``nvidia-smi``), or None where it cannot load."""
+    try:
+        from ..tracking import SystemSampler
+    except ImportError as exc:
+        logging.getLogger("fetchml.tracker").warning("no system metrics: %s", exc)
+        return None
+    return SystemSampler()
+
+
 # Most jobs one list() returns.
 MAX_LIST = 10_000
 
@@ -79,12 +101,14 @@ class Scheduler:
         inbox: trio.MemorySendChannel[Envelope[Message]],
         notifier: trio.MemorySendChannel[Envelope[Message]],
         snapshots: Snapshots,
+        tracking: TrackingStore,
     ) -> None:
         self.config = config
         self._store = store
         self._inbox = inbox
         self._notifier = notifier
         self.snapshots = snapshots
+        self.tracking = tracking
 
     async def submit(self, spec: JobSpec | Mapping[str, Any], *, user: str) -> Job:
         """Queue a job for ``user``; returns it once it is durably stored.
@@ -290,12 +314,15 @@ class Runtime:
     backend: Backend[Any]
     pool: Pool
     snapshots: Snapshots
+    tracking: TrackingStore
     problem: str | None = None
     gpu_names: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def close(self) -> None:
-        """Close what the runtime opened (the snapshot registry).  Blocks briefly."""
+        """Close what the runtime opened (the snapshot registry, the tracking store).  Blocks
+        briefly."""
         self.snapshots.close()
+        self.tracking.close()
 
 
 async def prepare_runtime(config: Config) -> Runtime:
@@ -306,22 +333,31 @@ async def prepare_runtime(config: Config) -> Runtime:
     backend = await _make_backend(config)
     capacity = await backend.capacity()
     pool = await _make_pool(config, capacity)
-    snapshots = await open_snapshots(config)
+    snapshots = await _open_store(
+        "the snapshots",
+        config,
+        lambda: Snapshots(config.data_path, config.snapshots, synchronous=config.store.synchronous),
+    )
+    try:
+        tracking = await _open_store(
+            "the tracking store",
+            config,
+            lambda: TrackingStore(config.data_path, synchronous=config.store.synchronous),
+        )
+    except BaseException:
+        snapshots.close()
+        raise
     names = await trio.to_thread.run_sync(gpu_inventory) if pool.gpu_ids else {}
     problem = None if capacity is None else capacity.problem
-    return Runtime(backend, pool, snapshots, problem, names)
+    return Runtime(backend, pool, snapshots, tracking, problem, names)
 
 
-async def open_snapshots(config: Config) -> Snapshots:
-    """The server's snapshots in ``data_dir``.  Raises :class:`StoreError`."""
-
-    def _open() -> Snapshots:
-        return Snapshots(config.data_path, config.snapshots, synchronous=config.store.synchronous)
-
+async def _open_store(what: str, config: Config, open_it: Callable[[], T]) -> T:
+    """Open one of the server's SQLite files in ``data_dir``.  Raises :class:`StoreError`."""
     try:
-        return await trio.to_thread.run_sync(_open)
+        return await trio.to_thread.run_sync(open_it)
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot open the snapshots in {config.data_path}: {exc}") from None
+        raise StoreError(f"cannot open {what} in {config.data_path}: {exc}") from None
 
 
 async def serve_actors(
@@ -344,8 +380,11 @@ async def serve_actors(
         sched_send.send_nowait(Envelope(problem))
     exec_send, exec_recv = trio.open_memory_channel[Envelope[Message]](EXECUTOR_INBOX_SIZE)
     note_send, note_recv = trio.open_memory_channel[Envelope[Message]](NOTIFIER_INBOX_SIZE)
+    track_send, track_recv = trio.open_memory_channel[RunStarted | RunEnded](TRACKER_INBOX_SIZE)
     async with trio.open_nursery() as nursery:
         await nursery.start(Notifier(note_recv, store.last_seq).run)
+        tracker = Tracker(runtime.tracking, config.tracking, track_recv, _sampler())
+        await nursery.start(tracker.run)
         executor = Executor(
             runtime.backend,
             exec_recv,
@@ -356,6 +395,7 @@ async def serve_actors(
                 runtime.snapshots,
                 gpu_names=runtime.gpu_names,
                 host=runtime.backend.host,
+                tracker=track_send,
             ),
         )
         await nursery.start(executor.run)
@@ -363,7 +403,9 @@ async def serve_actors(
             config, store, runtime.pool, sched_recv, exec_send, note_send.clone()
         )
         await nursery.start(actor.run)
-        task_status.started(Scheduler(config, store, sched_send, note_send, runtime.snapshots))
+        task_status.started(
+            Scheduler(config, store, sched_send, note_send, runtime.snapshots, runtime.tracking)
+        )
 
 
 @asynccontextmanager

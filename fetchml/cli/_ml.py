@@ -2,7 +2,8 @@
 
 This module parses the command line, resolves the settings, runs one command and turns every
 error into one line on stderr and a distinct exit status (see ``ml --help``).  The commands live
-in ``_ml_jobs`` (queue, cancel), ``_ml_view`` (status, logs, watch, whoami) and ``_ml_config``;
+in ``_ml_jobs`` (queue, cancel), ``_ml_view`` (status, logs, watch, whoami), ``_ml_files``,
+``_ml_tracking`` (metrics, experiments, runs, compare, export, outcome) and ``_ml_config``;
 they are imported only when run, so ``ml --help`` stays fast.
 """
 
@@ -67,6 +68,12 @@ _HANDLERS = {
     "pull": ("_ml_files", "pull"),
     "validate": ("_ml_files", "validate"),
     "prune": ("_ml_files", "prune"),
+    "metrics": ("_ml_tracking", "metrics"),
+    "experiments": ("_ml_tracking", "experiments"),
+    "runs": ("_ml_tracking", "runs"),
+    "compare": ("_ml_tracking", "compare"),
+    "export": ("_ml_tracking", "export"),
+    "outcome": ("_ml_tracking", "outcome"),
     "cancel": ("_ml_jobs", "cancel"),
     "status": ("_ml_view", "status"),
     "logs": ("_ml_view", "logs"),

@@ -203,6 +203,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     _requeue_parser(commands)
     _status_parser(commands)
     _files_parsers(commands)
+    _tracking_parsers(commands)
     cancel = _command(commands, "cancel", "cancel jobs (queued or running)")
     cancel.add_argument("jobs", nargs="+", type=job_id, metavar="JOB")
     logs = _command(commands, "logs", "print a job's output (stdout and stderr)")
@@ -282,6 +283,9 @@ def _job_options(queue: argparse.ArgumentParser) -> None:
         help="set K (repeatable; K alone passes your value)",
     )
     add("--experiment", metavar="NAME", help="experiment the job belongs to")
+    add("--hypothesis", metavar="TEXT", help="what the run is to show (kept with its metrics)")
+    add("--intent", metavar="TEXT", help="why the run is made")
+    add("--expected-outcome", metavar="TEXT", help="what you expect it to show")
     add("--shell", action="store_true", help="run the command with /bin/sh -c")
 
 
@@ -308,6 +312,34 @@ def _files_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="keep the N most recently ended jobs whatever their age",
     )
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
+
+
+def _tracking_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``metrics``, ``experiments``, ``runs``, ``compare``, ``export`` and ``outcome``."""
+    metrics = _command(
+        commands, "metrics", "a run's metrics and params; with NAMEs, a chart of each series"
+    )
+    metrics.add_argument("job", type=job_id, metavar="JOB")
+    metrics.add_argument("names", nargs="*", metavar="NAME", help="metrics to chart")
+    metrics.add_argument("--start", type=_int_range(0, 2**62), metavar="STEP", help="first step")
+    metrics.add_argument("--end", type=_int_range(0, 2**62), metavar="STEP", help="last step")
+    _command(commands, "experiments", "list the experiments with runs you may see")
+    runs = _command(commands, "runs", "list an experiment's runs: params that vary, a metric")
+    runs.add_argument("experiment", metavar="EXPERIMENT")
+    runs.add_argument("--sort", metavar="METRIC", help="sort by the last value of METRIC")
+    runs.add_argument("--order", choices=("asc", "desc"), default="desc", help="default desc")
+    runs.add_argument(
+        "--limit", type=_int_range(1, 100_000), default=20, metavar="N", help="default 20"
+    )
+    compare = _command(commands, "compare", "compare runs: params, metrics and narrative")
+    compare.add_argument("jobs", nargs="+", type=job_id, metavar="JOB")
+    export = _command(commands, "export", "write every run of an experiment as CSV or JSON")
+    export.add_argument("experiment", metavar="EXPERIMENT")
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="default csv")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default stdout)")
+    outcome = _command(commands, "outcome", "record what a run showed")
+    outcome.add_argument("job", type=job_id, metavar="JOB")
+    outcome.add_argument("text", metavar="TEXT")
 
 
 def _status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

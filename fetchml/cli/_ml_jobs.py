@@ -44,6 +44,9 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         "env": dict(args.env) if args.env else None,
         "cwd": os.path.abspath(args.cwd) if getattr(args, "cwd", None) else None,
         "experiment": args.experiment,
+        "hypothesis": args.hypothesis,
+        "intent": args.intent,
+        "expected_outcome": args.expected_outcome,
     }
     spec.update({name: value for name, value in optional.items() if value is not None})
     return spec

@@ -24,7 +24,22 @@
 """
 
 from fetchml._models import StatusReport as ServerStatus
-from fetchml.protocol import Event, Identity, JobUpdate, LogChunk, LogEnd
+from fetchml.protocol import (
+    Buckets,
+    Event,
+    ExperimentInfo,
+    ExperimentsBody,
+    Identity,
+    JobUpdate,
+    LogChunk,
+    LogEnd,
+    MetricSummary,
+    OutcomeBody,
+    RawPage,
+    RunInfo,
+    RunRow,
+    RunsBody,
+)
 
 from ._artifacts import HashMismatchError, select
 from ._client import Client
@@ -53,14 +68,23 @@ __all__ = [
     "ENV_CA_FILE",
     "ENV_KEY",
     "ENV_URL",
+    "Buckets",
     "Client",
     "ConnectionLostError",
     "Event",
+    "ExperimentInfo",
+    "ExperimentsBody",
     "HashMismatchError",
     "Identity",
     "JobUpdate",
     "LogChunk",
     "LogEnd",
+    "MetricSummary",
+    "OutcomeBody",
+    "RawPage",
+    "RunInfo",
+    "RunRow",
+    "RunsBody",
     "ServerStatus",
     "ServerUnreachableError",
     "Settings",

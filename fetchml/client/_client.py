@@ -33,9 +33,19 @@ from fetchml.errors import (
     RateLimitedError,
     SubscriberDroppedError,
 )
-from fetchml.protocol import FilesBody, PruneReport, PruneRequest
+from fetchml.protocol import (
+    Buckets,
+    ExperimentsBody,
+    FilesBody,
+    OutcomeBody,
+    PruneReport,
+    PruneRequest,
+    RawPage,
+    RunInfo,
+    RunsBody,
+)
 
-from . import _artifacts
+from . import _artifacts, _tracking
 from ._errors import ConnectionLostError
 from ._frames import FrameDecoder, encode_request
 from ._http import HttpSession
@@ -267,6 +277,61 @@ class Client:
             ]
 
         return await self._over_http(run)
+
+    # --- experiment tracking (HTTP) -------------------------------------------------------------
+
+    async def metrics(self, job_id: int) -> RunInfo:
+        """The run's params, tags, summary, narrative, outcome and metric summaries."""
+        return await self._over_http(lambda http: _tracking.metrics(http, job_id))
+
+    async def series(
+        self,
+        job_id: int,
+        name: str,
+        *,
+        points: int = 1000,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Buckets:
+        """Metric ``name`` of the run in at most ``points`` buckets (min, max and last of each),
+        from step ``start`` to step ``end`` (both included)."""
+        return await self._over_http(
+            lambda http: _tracking.series(http, job_id, name, points=points, start=start, end=end)
+        )
+
+    async def points(
+        self, job_id: int, name: str, *, after: int | None = None, limit: int = 1000
+    ) -> RawPage:
+        """A page of metric ``name``'s raw points after step ``after``; the next page is
+        ``points(..., after=page.next)`` until ``page.next`` is None."""
+        return await self._over_http(
+            lambda http: _tracking.points(http, job_id, name, after=after, limit=limit)
+        )
+
+    async def experiments(self) -> ExperimentsBody:
+        """The experiments with a run the key may see."""
+        return await self._over_http(_tracking.experiments)
+
+    async def runs(
+        self,
+        experiment: str,
+        *,
+        sort: str | None = None,
+        order: str = "desc",
+        limit: int = 100,
+        before: str | None = None,
+    ) -> RunsBody:
+        """A page of the experiment's runs, sorted by the last value of metric ``sort`` (runs
+        without it last) in ``order``; the next page is ``runs(..., before=page.next)``."""
+        return await self._over_http(
+            lambda http: _tracking.runs(
+                http, experiment, sort=sort, order=order, limit=limit, before=before
+            )
+        )
+
+    async def set_outcome(self, job_id: int, text: str) -> OutcomeBody:
+        """Record what the run showed (the job's owner, or an admin)."""
+        return await self._over_http(lambda http: _tracking.set_outcome(http, job_id, text))
 
     async def aclose(self) -> None:
         """Close the connection; pending requests fail, subscriptions end.  Idempotent."""

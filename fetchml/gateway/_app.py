@@ -23,6 +23,7 @@ from ._metrics import Metrics
 from ._security import install_security
 from ._service import Service
 from ._snapshots import body_limit, register_snapshots
+from ._tracking import register_tracking
 from ._ws import Connection
 
 __all__ = ["create_app"]
@@ -49,6 +50,7 @@ def create_app(
     register_http(app, service, metrics, closing)
     register_snapshots(app, service)
     register_files(app, service)
+    register_tracking(app, service)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:

@@ -18,15 +18,25 @@ import msgspec
 from .._models import Job, JobSpec, StatusReport
 from ..artifacts import Gpu, OutputFile, RunManifest, SnapshotRef, Validation
 from ..protocol import (
+    Buckets,
     ErrorBody,
     ErrorEnvelope,
+    ExperimentInfo,
+    ExperimentsBody,
     FilesBody,
     Health,
     Identity,
     JobBody,
     JobsBody,
+    MetricSummary,
+    OutcomeBody,
+    OutcomeRequest,
     PruneReport,
     PruneRequest,
+    RawPage,
+    RunInfo,
+    RunRow,
+    RunsBody,
     StatusBody,
 )
 from ..snapshots import Manifest, Plan, SnapshotInfo
@@ -55,6 +65,7 @@ from ._openapi_common import (
     schema_ref,
 )
 from ._openapi_files import file_paths, manifest_rules, snapshot_paths
+from ._openapi_tracking import tracking_paths
 
 __all__ = [
     "MANIFEST_PATH_PATTERN",
@@ -266,6 +277,7 @@ def _paths() -> dict[str, Any]:
         },
         **snapshot_paths(),
         **file_paths(),
+        **tracking_paths(),
     }
 
 
@@ -319,10 +331,20 @@ def openapi_document() -> dict[str, Any]:
         FilesBody,
         Validation,
         PruneReport,
+        # Experiment tracking (``_tracking.py``).
+        RunInfo,
+        MetricSummary,
+        Buckets,
+        RawPage,
+        ExperimentInfo,
+        ExperimentsBody,
+        RunRow,
+        RunsBody,
+        OutcomeBody,
     ]
     # Request bodies (``Manifest`` is also what ``GET /api/v1/snapshots/{id}`` sends, every
     # field: ``StoredManifest``; its entries have no defaults).
-    requests: list[type[msgspec.Struct]] = [JobSpec, Manifest, PruneRequest]
+    requests: list[type[msgspec.Struct]] = [JobSpec, Manifest, PruneRequest, OutcomeRequest]
     (_, components) = msgspec.json.schema_components(
         [*requests, *responses], ref_template="#/components/schemas/{name}"
     )

@@ -3,7 +3,7 @@ substrate.  :class:`LocalBackend` runs process groups on this machine; the Ray b
 (``executor.backend: ray``, in ``_ray``) is imported only when configured, with Ray."""
 
 from ._base import Backend, Capacity, Ended
-from ._local import LocalBackend, LocalRun, job_dir, log_path, work_dir
+from ._local import LocalBackend, LocalRun, job_dir, log_path, track_path, work_dir
 
 __all__ = [
     "Backend",
@@ -13,5 +13,6 @@ __all__ = [
     "LocalRun",
     "job_dir",
     "log_path",
+    "track_path",
     "work_dir",
 ]

@@ -100,3 +100,7 @@ class Backend(abc.ABC, Generic[R]):
     @abc.abstractmethod
     def release(self, run: R) -> None:
         """Stop following ``run`` without affecting it (the server is stopping).  Idempotent."""
+
+    def root_pid(self, run: R) -> int | None:
+        """The pid of the run's process tree on this machine, to sample (None: elsewhere)."""
+        return None

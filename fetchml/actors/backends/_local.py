@@ -29,7 +29,7 @@ from ..._models import Job
 from ...errors import JobStartError
 from ._base import Backend, Ended
 
-__all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path", "work_dir"]
+__all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path", "track_path", "work_dir"]
 
 _SUPERVISOR = """trap : TERM INT HUP
 d=$1 n=$2 c=$3
@@ -52,6 +52,11 @@ def work_dir(data_dir: Path, job_id: int) -> Path:
 def log_path(data_dir: Path, job_id: int) -> Path:
     """The file that holds a job's stdout and stderr."""
     return job_dir(data_dir, job_id) / "log"
+
+
+def track_path(data_dir: Path, job_id: int) -> Path:
+    """The file a job appends its metrics to (``FETCHML_TRACK_FILE``), read by the tracker."""
+    return job_dir(data_dir, job_id) / "track.jsonl"
 
 
 @dataclass(slots=True)
@@ -154,6 +159,7 @@ class LocalBackend(Backend[LocalRun]):
         env["FETCHML_JOB_ID"] = str(job.id)
         env["FETCHML_ATTEMPT"] = str(job.attempts)
         env["FETCHML_OUTPUT_DIR"] = str(output)
+        env["FETCHML_TRACK_FILE"] = str(track_path(self._data_dir, job.id))
         if job.spec.snapshot is not None:
             env["FETCHML_SNAPSHOT_ID"] = job.spec.snapshot
             # The project's root on the import path, as an editable install of it would be, so
@@ -265,6 +271,9 @@ class LocalBackend(Backend[LocalRun]):
             await run.ended.wait()
             return
         _signal_group(run.pid, signal.SIGKILL)
+
+    def root_pid(self, run: LocalRun) -> int | None:
+        return run.pid
 
     def release(self, run: LocalRun) -> None:
         """Release the run's pid file descriptor; the run goes on (server shutting down)."""

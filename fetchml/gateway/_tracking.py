@@ -1,0 +1,169 @@
+"""The HTTP routes of experiment tracking: a run's metrics, a series, experiments and their runs.
+
+``GET /api/v1/jobs/{id}/metrics`` (summaries, params, tags, narrative), ``GET
+/api/v1/jobs/{id}/metrics/{name}`` (a series downsampled by min/max per bucket, or raw pages
+with ``raw=true``), ``POST /api/v1/jobs/{id}/outcome``, ``GET /api/v1/experiments`` and ``GET
+/api/v1/experiments/{name}/runs`` (sorted by a metric, paginated).  Visibility is the jobs':
+researchers see their own runs, analysts and admins every run; a run the caller may not see is
+"not found".  Every query reads ``tracking.db`` in a worker thread, never the points of a
+listing (summaries are kept at ingest).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import trio
+from quart import Quart, Response, request
+
+from .._models import describe_validation_error
+from ..auth import JOBS_READ_ALL, Principal
+from ..errors import InvalidRequestError, JobNotFoundError, NotFoundError
+from ..protocol import (
+    ExperimentInfo,
+    ExperimentsBody,
+    OutcomeBody,
+    OutcomeRequest,
+    RunInfo,
+    RunsBody,
+)
+from ..tracking import name_problem
+from ._http import caller, int_arg, json_response
+from ._service import Service
+
+__all__ = ["MAX_BUCKETS", "MAX_PAGE", "MAX_RUNS", "register_tracking"]
+
+MAX_BUCKETS = 10_000
+MAX_PAGE = 10_000
+MAX_RUNS = 1000
+_MAX_STEP = 2**62
+_MAX_OFFSET = 10**9
+_FLAGS = {"1": True, "true": True, "yes": True, "": False, "0": False, "false": False, "no": False}
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name, "").lower()
+    if raw not in _FLAGS:
+        raise InvalidRequestError(f"{name}: not a flag (true or false): {raw[:40]!r}", field=name)
+    return _FLAGS[raw]
+
+
+def _name(value: str, field: str) -> str:
+    problem = name_problem(value)
+    if problem is not None:
+        raise InvalidRequestError(f"{field}: {problem}", field=field)
+    return value
+
+
+def register_tracking(app: Quart, service: Service) -> None:
+    """Add the tracking routes to ``app``."""
+    tracking = service.scheduler.tracking
+
+    async def visible_run(who: Principal, job_id: int) -> RunInfo:
+        """The run of a job ``who`` may see.  Raises JobNotFoundError (the job is not visible)
+        and NotFoundError (it has not started: tracking knows no run of it)."""
+        await service.get(who, job_id)
+        info = await trio.to_thread.run_sync(tracking.run, job_id)
+        if info is None:
+            raise NotFoundError(f"job {job_id} has no metrics (it has not started)")
+        return info
+
+    @app.get("/api/v1/jobs/<int:job_id>/metrics")
+    async def job_metrics(job_id: int) -> Response:
+        return json_response(await visible_run(await caller(service), job_id))
+
+    @app.get("/api/v1/jobs/<int:job_id>/metrics/<path:name>")
+    async def job_series(job_id: int, name: str) -> Response:
+        who = await caller(service)
+        _name(name, "name")
+        raw = _flag("raw")
+        await visible_run(who, job_id)
+        if raw:
+            after = int_arg("after", None, low=-1, high=_MAX_STEP)
+            limit = int_arg("limit", 1000, low=1, high=MAX_PAGE) or 1000
+            found: object = await trio.to_thread.run_sync(
+                lambda: tracking.raw(job_id, name, after=after, limit=limit)
+            )
+        else:
+            points = int_arg("points", 1000, low=1, high=MAX_BUCKETS) or 1000
+            start = int_arg("start", None, low=0, high=_MAX_STEP)
+            end = int_arg("end", None, low=0, high=_MAX_STEP)
+            found = await trio.to_thread.run_sync(
+                lambda: tracking.series(job_id, name, buckets=points, start=start, end=end)
+            )
+        if found is None:
+            raise NotFoundError(f"job {job_id} has no metric {name[:100]}")
+        return json_response(found)
+
+    @app.post("/api/v1/jobs/<int:job_id>/outcome")
+    async def job_outcome(job_id: int) -> Response:
+        who = await caller(service)
+        job = await service.get(who, job_id)
+        who.require_cancel_job(job.user)
+        body = await request.get_data(as_text=False)
+        try:
+            asked = msgspec.json.decode(body, type=OutcomeRequest)
+        except msgspec.ValidationError as exc:
+            field, message = describe_validation_error(exc)
+            raise InvalidRequestError(message, field=field) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidRequestError(f"body: {exc}", field="body") from None
+        if "\0" in asked.outcome:
+            raise InvalidRequestError("outcome: has a NUL character", field="outcome")
+        if not await trio.to_thread.run_sync(tracking.set_outcome, job_id, asked.outcome):
+            raise NotFoundError(f"job {job_id} has no run yet (it has not started)")
+        await service.record("outcome", user=who.user, job_id=job_id)
+        return json_response(OutcomeBody(job_id=job_id, outcome=asked.outcome))
+
+    @app.get("/api/v1/experiments")
+    async def experiments() -> Response:
+        who = await caller(service)
+        owner = _owner_filter(who)
+        found = await trio.to_thread.run_sync(tracking.experiments, owner)
+        body = ExperimentsBody(
+            experiments=[ExperimentInfo(name=n, runs=r, last_created=t) for n, r, t in found]
+        )
+        return json_response(body)
+
+    @app.get("/api/v1/experiments/<path:name>/runs")
+    async def experiment_runs(name: str) -> Response:
+        who = await caller(service)
+        # An experiment's name is any the job spec takes: only a lookup key here.
+        sort = request.args.get("sort")
+        if sort is not None:
+            _name(sort, "sort")
+        order = request.args.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequestError("order: asc or desc", field="order")
+        limit = int_arg("limit", 100, low=1, high=MAX_RUNS) or 100
+        offset = int_arg("before", 0, low=0, high=_MAX_OFFSET) or 0
+        owner = _owner_filter(who)
+        rows = await trio.to_thread.run_sync(
+            lambda: tracking.experiment_runs(
+                name, owner, sort=sort, descending=order == "desc", limit=limit + 1, offset=offset
+            )
+        )
+        page = rows[:limit]
+        states = await _states(service, who, [row.job_id for row in page])
+        runs = [msgspec.structs.replace(row, state=states.get(row.job_id)) for row in page]
+        more = str(offset + limit) if len(rows) > limit else None
+        return json_response(RunsBody(experiment=name, runs=runs, next=more))
+
+
+def _owner_filter(who: Principal) -> str | None:
+    """Whose runs ``who`` may list: everyone's (None) or their own.  Raises
+    PermissionDeniedError for a key that may read no job."""
+    if who.can(JOBS_READ_ALL):
+        return None
+    who.require_read_job(who.user)
+    return who.user
+
+
+async def _states(service: Service, who: Principal, ids: list[int]) -> dict[int, str]:
+    """The state of each job of ``ids`` (one read each; a page is at most MAX_RUNS)."""
+    states: dict[int, str] = {}
+    for job_id in ids:
+        try:
+            states[job_id] = (await service.get(who, job_id)).state.value
+        except JobNotFoundError:
+            continue
+    return states

@@ -1,0 +1,214 @@
+"""The tracker actor: reads each running job's track file as it grows into the tracking store,
+and samples the jobs' process trees and GPUs.
+
+The job appends lines to its file and never waits on the server (no back-pressure, no socket);
+the tracker reads what is new every ``tracking.ingest_interval_s`` and commits the points with
+the file offset they end at, in one transaction, so a server killed at any moment resumes where
+the last commit ended: no point is lost or stored twice.  However fast one job logs, a pass
+reads at most :data:`READ_LIMIT` bytes of its file, so other jobs wait on it at most that long;
+and the scheduler never waits on the tracker at all (its own database, its own thread).
+
+Messages come from the executor (``RunStarted`` when a run starts or is adopted, ``RunEnded``
+when it ends: answered once every line of the file is in, so a job's metrics are complete when
+its end is reported).  A fault while ingesting one run is logged and counted
+(``fetchml_internal_errors_total{where="tracker"}``); that run's points wait for the next pass
+and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from .._config import TrackingSettings
+from .._faults import report_internal_error
+from ._lines import parse_lines
+from ._store import TrackingStore
+
+__all__ = ["READ_LIMIT", "TRACKER_INBOX_SIZE", "RunEnded", "RunStarted", "Sampler", "Tracker"]
+
+log = logging.getLogger("fetchml.tracker")
+
+READ_LIMIT = 8 << 20
+# Messages waiting for the tracker; the executor waits when it is full (briefly: handling one
+# is bookkeeping).
+TRACKER_INBOX_SIZE = 256
+
+
+class Sampler(Protocol):
+    """Samples running jobs' processes (``_system.SystemSampler``): job id -> (root pid, GPU
+    indices) in, job id -> ``{"sys/...": value}`` out; blocking."""
+
+    def sample(self, jobs: dict[int, tuple[int, list[int]]]) -> dict[int, dict[str, float]]: ...
+
+    def forget(self, job_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """A run started or was adopted: its job, where it logs, its root pid and GPUs."""
+
+    job_id: int
+    user: str
+    experiment: str | None
+    name: str | None
+    narrative: dict[str, str | None]
+    track_file: str
+    pid: int | None
+    gpus: list[int]
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """A run ended; ``done`` is set once its file is read to the end."""
+
+    job_id: int
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _Active:
+    track_file: str
+    pid: int | None
+    gpus: list[int]
+
+
+class Tracker:
+    """Ingests track files into ``store``; runs until cancelled."""
+
+    def __init__(
+        self,
+        store: TrackingStore,
+        settings: TrackingSettings,
+        inbox: trio.MemoryReceiveChannel[RunStarted | RunEnded],
+        sampler: Sampler | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._inbox = inbox
+        self._sampler = sampler
+        self._active: dict[int, _Active] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Catch up on the runs a previous server left open, then serve messages and read the
+        files until cancelled.  Closes nothing it was given but its inbox, on the way out."""
+        with self._inbox:
+            for job_id, track_file in await trio.to_thread.run_sync(self._store.unfinished):
+                if track_file is not None:
+                    await self._ingest(job_id, track_file, to_end=True)
+            task_status.started()
+            interval = self._settings.ingest_interval_s
+            next_pass = trio.current_time() + interval
+            next_sample = trio.current_time() + self._settings.system_interval_s
+            while True:
+                message: RunStarted | RunEnded | None = None
+                with trio.move_on_at(next_pass):
+                    try:
+                        message = await self._inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                if message is not None:
+                    await self._handle(message)
+                if trio.current_time() < next_pass:
+                    continue
+                for job_id, active in list(self._active.items()):
+                    await self._ingest(job_id, active.track_file, to_end=False)
+                if trio.current_time() >= next_sample:
+                    await self._sample()
+                    next_sample = trio.current_time() + self._settings.system_interval_s
+                next_pass = trio.current_time() + interval
+
+    async def _handle(self, message: RunStarted | RunEnded) -> None:
+        match message:
+            case RunStarted():
+                await self._started(message)
+            case RunEnded(job_id=job_id, done=done):
+                active = self._active.pop(job_id, None)
+                try:
+                    if active is not None:
+                        await self._ingest(job_id, active.track_file, to_end=True)
+                        await trio.to_thread.run_sync(self._store.mark_ended, job_id)
+                    if self._sampler is not None:
+                        self._sampler.forget(job_id)
+                except Exception as exc:
+                    report_internal_error("tracker", exc, f"job {job_id}: ending its run")
+                finally:
+                    done.set()
+            case _:
+                raise TypeError(f"tracker: unexpected message {message!r}")
+
+    async def _started(self, message: RunStarted) -> None:
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._store.register(
+                    message.job_id,
+                    message.user,
+                    experiment=message.experiment,
+                    name=message.name,
+                    narrative=message.narrative,
+                    track_file=message.track_file,
+                )
+            )
+        except Exception as exc:
+            report_internal_error("tracker", exc, f"job {message.job_id}: registering its run")
+            return
+        self._active[message.job_id] = _Active(message.track_file, message.pid, message.gpus)
+
+    async def _ingest(self, job_id: int, track_file: str, *, to_end: bool) -> None:
+        """Read what is new in the run's file (all of it with ``to_end``) into the store."""
+        try:
+            while await trio.to_thread.run_sync(self._ingest_once, job_id, track_file) and to_end:
+                pass
+        except Exception as exc:
+            report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
+
+    def _ingest_once(self, job_id: int, track_file: str) -> bool:
+        """One read of at most READ_LIMIT bytes, committed; whether there may be more.  Blocks
+        (a worker thread)."""
+        position = self._store.position(job_id)
+        if position is None:
+            return False
+        offset, next_step, _ = position
+        try:
+            with Path(track_file).open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read(READ_LIMIT)
+        except FileNotFoundError:
+            return False
+        batch, next_step = parse_lines(data, next_step, time.time())
+        if batch.consumed == 0:
+            if len(data) >= READ_LIMIT:
+                # A "line" longer than the limit: skipped as invalid, never read whole.
+                self._store.ingest(
+                    job_id, batch, offset=offset + len(data), next_step=next_step, max_points=0
+                )
+                return True
+            return False
+        self._store.ingest(
+            job_id,
+            batch,
+            offset=offset + batch.consumed,
+            next_step=next_step,
+            max_points=self._settings.max_points_per_run,
+        )
+        return len(data) >= READ_LIMIT
+
+    async def _sample(self) -> None:
+        """Record a system sample of every running job with a process here."""
+        sampler = self._sampler
+        jobs = {j: (a.pid, a.gpus) for j, a in self._active.items() if a.pid is not None}
+        if sampler is None or not jobs:
+            return
+        try:
+            samples = await trio.to_thread.run_sync(sampler.sample, jobs)
+            now = time.time()
+            for job_id, values in samples.items():
+                if values and job_id in self._active:
+                    await trio.to_thread.run_sync(self._store.add_points, job_id, values, now)
+        except Exception as exc:
+            report_internal_error("tracker", exc, "sampling the jobs' processes")
