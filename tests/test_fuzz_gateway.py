@@ -436,8 +436,11 @@ async def expect_too_big(ws: Any, data: bytes | str) -> None:
         await ws.send_raw(data)
     except ConnectionClosed as exc:  # closed while the frame was still going out
         code, reason = close_of(exc)
-    else:
-        code, reason = await ws.closed()
+        # The server closes with 1009 while bytes of the frame are still unread on its side:
+        # its kernel then resets the connection, and the reset may overtake the close frame.
+        assert code in (CLOSE_TOO_BIG, 1006), (code, reason)
+        return
+    code, reason = await ws.closed()
     assert code == CLOSE_TOO_BIG, (code, reason)
 
 
