@@ -38,6 +38,12 @@ class _InternalErrors(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot client's hash cache goes to the test's folder, never ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
 def _internal_error_guard(request: pytest.FixtureRequest) -> Iterator[_InternalErrors]:
     """Fail a test during which the server's code reported an internal error (a fault kept to
     one request or job, but a bug all the same), unless it asked for ``internal_errors``."""

@@ -38,11 +38,6 @@ def users() -> Users:
     return Users()
 
 
-@pytest.fixture(autouse=True)
-def _private_hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def server_config(data_dir: Path, users: Users, **settings: Any) -> fetchml.Config:
     return make_server_config(
         data_dir.parent, users, snapshots=CAPS, limits=HIGH_LIMITS, **settings

@@ -52,12 +52,6 @@ def users() -> Users:
     return Users()
 
 
-@pytest.fixture(autouse=True)
-def _private_hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The client's hash cache goes to the test's folder, not ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def server_config(data_dir: Path, users: Users, **caps: int) -> fetchml.Config:
     return make_server_config(
         data_dir.parent, users, snapshots={**CAPS, **caps}, limits=HIGH_LIMITS

@@ -38,7 +38,7 @@ from ..artifacts import (
 from ..auth import JOBS_UPDATE_ALL
 from ..errors import AuthError, InvalidRequestError, NotFoundError
 from ..protocol import FilesBody, PruneRequest
-from ._http import caller, int_arg, json_response
+from ._http import caller, int_arg, json_response, request_struct
 from ._service import Service
 
 __all__ = ["register_files"]
@@ -133,18 +133,15 @@ def register_files(app: Quart, service: Service) -> None:
     async def prune() -> Response:
         who = await caller(service)
         who.require(JOBS_UPDATE_ALL)
-        body = await request.get_data(as_text=False)
+        raw = await request_struct(object, empty=b"{}")
+        # JSON Schema's integer takes 40.0 (and so do clients that send it): as 40.
+        if isinstance(raw, dict):
+            raw = {k: _integral(v) for k, v in raw.items()}
         try:
-            raw = msgspec.json.decode(body or b"{}")
-            # JSON Schema's integer takes 40.0 (and so do clients that send it): as 40.
-            if isinstance(raw, dict):
-                raw = {k: _integral(v) for k, v in raw.items()}
             asked = msgspec.convert(raw, PruneRequest)
         except msgspec.ValidationError as exc:
             field, message = describe_validation_error(exc)
             raise InvalidRequestError(message, field=field) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"body: {exc}", field="body") from None
         report = await scheduler.prune(
             older_than_s=asked.older_than_s, keep_last=asked.keep_last, dry_run=asked.dry_run
         )

@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import trio
 from quart import Quart, Response, g, request
 
-from .._models import JobState, decode_spec_json
+from .._models import JobState, decode_spec_json, describe_validation_error
 from ..auth import Principal
 from ..errors import InvalidRequestError
 from ..protocol import Health, JobBody, JobsBody, StatusBody
@@ -44,6 +44,7 @@ def api_key_from(headers: Any) -> str | None:
 
 
 _DECIMAL = re.compile(r"-?[0-9]+")
+T = TypeVar("T")
 
 
 def int_arg(name: str, default: int | None, *, low: int, high: int) -> int | None:
@@ -60,7 +61,21 @@ def int_arg(name: str, default: int | None, *, low: int, high: int) -> int | Non
     return int(raw)
 
 
-def _flag_arg(name: str) -> bool:
+async def request_struct(struct: type[T], *, empty: bytes | None = None) -> T:
+    """The request's JSON body as ``struct`` (an empty body read as ``empty``, if given).
+    Raises InvalidRequestError (400) naming the field, or ``body`` for what is not JSON."""
+    body = await request.get_data(as_text=False)
+    assert isinstance(body, bytes)
+    try:
+        return msgspec.json.decode(body or empty or b"", type=struct)
+    except msgspec.ValidationError as exc:
+        field, message = describe_validation_error(exc)
+        raise InvalidRequestError(message, field=field) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"body: {exc}", field="body") from None
+
+
+def flag_arg(name: str) -> bool:
     """Query parameter ``name`` as a flag: ``1``, ``true``, ``yes`` (any case) or
     ``0``, ``false``, ``no``, empty or absent.  Raises InvalidRequestError (400)."""
     raw = request.args.get(name, "")
@@ -181,7 +196,7 @@ def register_http(
     async def job_logs(job_id: int) -> Response:
         principal = await who()
         offset = int_arg("offset", 0, low=0, high=MAX_OFFSET) or 0
-        follow = _flag_arg("follow")
+        follow = flag_arg("follow")
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
         # A followed log can stream for days: it ends when the key is revoked or expires.
         ended = functools.partial(service.sessions.until_invalid, principal, request.remote_addr)

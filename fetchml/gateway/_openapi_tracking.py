@@ -6,6 +6,7 @@ from typing import Any
 
 from ._openapi_common import (
     BAD_JOB_ID,
+    FLAG_PATTERN,
     JOB_ID,
     KEYED,
     KEYED_SCHEDULER,
@@ -68,7 +69,7 @@ def _job_routes() -> dict[str, Any]:
                     query_param("end", _STEP, "the last step"),
                     query_param(
                         "raw",
-                        {"type": "string", "enum": ["", "0", "1", "true", "false", "yes", "no"]},
+                        {"type": "string", "pattern": FLAG_PATTERN},
                         "raw points instead",
                     ),
                     query_param(

@@ -15,7 +15,6 @@ import msgspec
 import trio
 from quart import Quart, Response, request
 
-from .._models import describe_validation_error
 from ..auth import JOBS_READ_ALL, Principal
 from ..errors import InvalidRequestError, JobNotFoundError, NotFoundError
 from ..protocol import (
@@ -27,7 +26,7 @@ from ..protocol import (
     RunsBody,
 )
 from ..tracking import name_problem
-from ._http import caller, int_arg, json_response
+from ._http import caller, flag_arg, int_arg, json_response, request_struct
 from ._service import Service
 
 __all__ = ["MAX_BUCKETS", "MAX_PAGE", "MAX_RUNS", "register_tracking"]
@@ -37,14 +36,6 @@ MAX_PAGE = 10_000
 MAX_RUNS = 1000
 _MAX_STEP = 2**62
 _MAX_OFFSET = 10**9
-_FLAGS = {"1": True, "true": True, "yes": True, "": False, "0": False, "false": False, "no": False}
-
-
-def _flag(name: str) -> bool:
-    raw = request.args.get(name, "").lower()
-    if raw not in _FLAGS:
-        raise InvalidRequestError(f"{name}: not a flag (true or false): {raw[:40]!r}", field=name)
-    return _FLAGS[raw]
 
 
 def _name(value: str, field: str) -> str:
@@ -75,7 +66,7 @@ def register_tracking(app: Quart, service: Service) -> None:
     async def job_series(job_id: int, name: str) -> Response:
         who = await caller(service)
         _name(name, "name")
-        raw = _flag("raw")
+        raw = flag_arg("raw")
         await visible_run(who, job_id)
         if raw:
             after = int_arg("after", None, low=-1, high=_MAX_STEP)
@@ -99,14 +90,7 @@ def register_tracking(app: Quart, service: Service) -> None:
         who = await caller(service)
         job = await service.get(who, job_id)
         who.require_cancel_job(job.user)
-        body = await request.get_data(as_text=False)
-        try:
-            asked = msgspec.json.decode(body, type=OutcomeRequest)
-        except msgspec.ValidationError as exc:
-            field, message = describe_validation_error(exc)
-            raise InvalidRequestError(message, field=field) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"body: {exc}", field="body") from None
+        asked = await request_struct(OutcomeRequest)
         if "\0" in asked.outcome:
             raise InvalidRequestError("outcome: has a NUL character", field="outcome")
         if not await trio.to_thread.run_sync(tracking.set_outcome, job_id, asked.outcome):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..store import connect, migrate
+from ..store import connect, migrate, transaction
 from ._manifest import Manifest, SnapshotInfo, manifest_bytes, snapshot_id
 
 __all__ = ["DB_NAME", "Registry"]
@@ -77,27 +77,20 @@ class Registry:
         sid = snapshot_id(manifest)
         sizes = manifest.sizes()
         now = time.time()
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(
-                    "INSERT OR IGNORE INTO snapshots(id, files, bytes, created, manifest) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (sid, len(manifest.files), manifest.bytes, now, manifest_bytes(manifest)),
-                )
-                conn.execute(
-                    "INSERT OR IGNORE INTO owners(snapshot_id, user, created) VALUES (?, ?, ?)",
-                    (sid, user, now),
-                )
-                conn.executemany(
-                    "INSERT OR IGNORE INTO needs(snapshot_id, sha256, size) VALUES (?, ?, ?)",
-                    [(sid, sha, size) for sha, size in sizes.items()],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO snapshots(id, files, bytes, created, manifest) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (sid, len(manifest.files), manifest.bytes, now, manifest_bytes(manifest)),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO owners(snapshot_id, user, created) VALUES (?, ?, ?)",
+                (sid, user, now),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO needs(snapshot_id, sha256, size) VALUES (?, ?, ?)",
+                [(sid, sha, size) for sha, size in sizes.items()],
+            )
         return SnapshotInfo(id=sid, files=len(manifest.files), bytes=manifest.bytes)
 
     def manifest(self, sid: str) -> Manifest | None:
@@ -142,20 +135,13 @@ class Registry:
         gone = [str(sid) for (sid,) in rows if sid not in keep]
         if dry_run or not gone:
             return gone
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table, column in (
-                    ("needs", "snapshot_id"),
-                    ("owners", "snapshot_id"),
-                    ("snapshots", "id"),
-                ):
-                    conn.executemany(
-                        f"DELETE FROM {table} WHERE {column} = ?", [(sid,) for sid in gone]
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn) as conn:
+            for table, column in (
+                ("needs", "snapshot_id"),
+                ("owners", "snapshot_id"),
+                ("snapshots", "id"),
+            ):
+                conn.executemany(
+                    f"DELETE FROM {table} WHERE {column} = ?", [(sid,) for sid in gone]
+                )
         return gone

@@ -1,6 +1,6 @@
 """The durable job store (SQLite, WAL, group commit, versioned schema)."""
 
-from ._sqlite import connect, migrate
+from ._sqlite import connect, migrate, transaction
 from ._store import DB_NAME, Batch, Store, Unreadable, now, unreadable_job
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "connect",
     "migrate",
     "now",
+    "transaction",
     "unreadable_job",
 ]

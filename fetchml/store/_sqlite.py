@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StoreError
 
-__all__ = ["connect", "migrate"]
+__all__ = ["connect", "migrate", "transaction"]
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -34,13 +35,21 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str], *, what: str) -
             f"({len(migrations)}); upgrade Fetch ML"
         )
     for number in range(version + 1, len(migrations) + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in migrations[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction on ``conn`` (autocommit mode, as :func:`connect` opens it): taken
+    at once (``BEGIN IMMEDIATE``), committed when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

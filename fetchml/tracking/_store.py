@@ -14,6 +14,7 @@ time (a lock).
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import Buckets, MetricSummary, RawPage, RunInfo, RunRow
-from ..store import connect, migrate
+from ..store import connect, migrate, transaction
 from ._lines import Batch
 from ._series import CHUNK_POINTS, Chunk, downsample
 
@@ -126,16 +127,9 @@ class TrackingStore:
             self._conn.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, transaction(self._conn) as conn:
+            yield conn
 
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
