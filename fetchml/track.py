@@ -9,7 +9,7 @@
 Standard library only, so a job's own Python needs none of the server's dependencies.  Inside a
 job the server names a file in ``FETCHML_TRACK_FILE``; each call adds one JSON line to it (the
 line protocol of the README, which a job in any language may write itself), buffered up to
-64 KiB or 0.2 s and flushed at exit.  The job never waits on the server and needs no API key:
+64 KiB or 0.1 s and flushed at exit.  The job never waits on the server and needs no API key:
 the server reads the file as it grows and can lose no point, even if it restarts.  Outside a job
 nothing is kept, and the first call says so once on stderr.
 
@@ -41,7 +41,7 @@ __all__ = [
 
 ENV_FILE = "FETCHML_TRACK_FILE"
 _BUFFER_BYTES = 64 * 1024
-_FLUSH_S = 0.2
+_FLUSH_S = 0.1
 
 
 class _Writer:

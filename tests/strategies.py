@@ -49,7 +49,19 @@ FIELDS = (
 RESOURCE_FIELDS = ("cpus", "memory_mb", "gpus")
 # Ops of the WebSocket protocol, but ``auth``: a failed auth op closes the connection (4001).
 WS_OPS = ("whoami", "submit", "get", "list", "cancel", "status", "subscribe", "unsubscribe")
-WS_ARGS = ("job_id", "spec", "user", "state", "limit", "before", "since", "logs", "offset", "sub")
+WS_ARGS = (
+    "job_id",
+    "spec",
+    "user",
+    "state",
+    "limit",
+    "before",
+    "since",
+    "logs",
+    "offset",
+    "metrics",
+    "sub",
+)
 # Error codes of a client's mistake (HTTP 4xx); anything else for a hostile input is a bug.
 CLIENT_CODES = frozenset({"invalid_request", "invalid_spec", "not_found", "conflict", "forbidden"})
 NORMAL_JOB: dict[str, Any] = {"command": ["/bin/true"]}

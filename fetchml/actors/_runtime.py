@@ -40,7 +40,10 @@ from ..errors import (
 from ..snapshots import Snapshots
 from ..store import Store
 from ..tracking import (
+    METRIC_WATCH_BUFFER,
     TRACKER_INBOX_SIZE,
+    MetricFeed,
+    MetricWatch,
     RunEnded,
     RunStarted,
     Sampler,
@@ -102,6 +105,7 @@ class Scheduler:
         notifier: trio.MemorySendChannel[Envelope[Message]],
         snapshots: Snapshots,
         tracking: TrackingStore,
+        feed: MetricFeed,
     ) -> None:
         self.config = config
         self._store = store
@@ -109,6 +113,7 @@ class Scheduler:
         self._notifier = notifier
         self.snapshots = snapshots
         self.tracking = tracking
+        self._feed = feed
 
     async def submit(self, spec: JobSpec | Mapping[str, Any], *, user: str) -> Job:
         """Queue a job for ``user``; returns it once it is durably stored.
@@ -224,6 +229,16 @@ class Scheduler:
             self._store, self._notifier, job_id=job_id, user=user, since=since, buffer=buffer
         )
 
+    def watch_metrics(self, job_id: int, *, buffer: int = METRIC_WATCH_BUFFER) -> MetricWatch:
+        """Job ``job_id``'s metric points from now on, in batches as they are committed.
+
+        Use as ``async with scheduler.watch_metrics(7) as batches: async for points in
+        batches``; each point is ``(name, step, value, time)``.  Raises
+        :class:`SubscriberDroppedError` from the iteration if it falls more than ``buffer``
+        batches behind (read the rest from ``scheduler.tracking``).
+        """
+        return self._feed.watch(job_id, buffer=buffer)
+
     async def status(self) -> StatusReport:
         """Queue counts and resource usage right now."""
         reply = await call(self._inbox, GetStatus())
@@ -317,6 +332,7 @@ class Runtime:
     tracking: TrackingStore
     problem: str | None = None
     gpu_names: dict[int, tuple[str, str]] = field(default_factory=dict)
+    feed: MetricFeed = field(default_factory=MetricFeed)
 
     def close(self) -> None:
         """Close what the runtime opened (the snapshot registry, the tracking store).  Blocks
@@ -383,7 +399,7 @@ async def serve_actors(
     track_send, track_recv = trio.open_memory_channel[RunStarted | RunEnded](TRACKER_INBOX_SIZE)
     async with trio.open_nursery() as nursery:
         await nursery.start(Notifier(note_recv, store.last_seq).run)
-        tracker = Tracker(runtime.tracking, config.tracking, track_recv, _sampler())
+        tracker = Tracker(runtime.tracking, config.tracking, track_recv, _sampler(), runtime.feed)
         await nursery.start(tracker.run)
         executor = Executor(
             runtime.backend,
@@ -404,7 +420,15 @@ async def serve_actors(
         )
         await nursery.start(actor.run)
         task_status.started(
-            Scheduler(config, store, sched_send, note_send, runtime.snapshots, runtime.tracking)
+            Scheduler(
+                config,
+                store,
+                sched_send,
+                note_send,
+                runtime.snapshots,
+                runtime.tracking,
+                runtime.feed,
+            )
         )
 
 

@@ -96,6 +96,8 @@ async def follow_job(
                         last_label = _announce(out, spinner, event.job, last_label)
                     final = event.job if event.job.terminal else final
                     continue
+                if not isinstance(event, LogChunk | LogEnd):
+                    continue  # not asked for (metric points)
                 if states or not out.json:
                     spinner.hide()
                 _print_log(out, event)

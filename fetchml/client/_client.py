@@ -176,18 +176,26 @@ class Client:
         since: int | None = None,
         logs: bool = False,
         offset: int = 0,
+        metrics: bool = False,
         buffer: int = DEFAULT_BUFFER,
     ) -> Subscription:
         """Events of one job (``job_id``) or of every job the key may see, after ``since``
         (a ``seq``; None: from now on).  ``logs=True`` (needs ``job_id``) also streams the job's
-        log from byte ``offset`` until the job ends.
+        log from byte ``offset`` until the job ends; ``metrics=True`` (needs ``job_id``) the
+        metric points the server stores from now on (:class:`MetricPoints` events).
 
         ``async with client.subscribe(job_id) as events: async for event in events: ...``
         """
-        if logs and job_id is None:
-            raise ValueError("logs=True needs a job_id")
+        if (logs or metrics) and job_id is None:
+            raise ValueError("logs=True and metrics=True need a job_id")
         return Subscription(
-            self, job_id=job_id, since=since, logs=logs, offset=offset, buffer=buffer
+            self,
+            job_id=job_id,
+            since=since,
+            logs=logs,
+            offset=offset,
+            metrics=metrics,
+            buffer=buffer,
         )
 
     async def wait(self, job_id: int) -> Job:
@@ -511,6 +519,7 @@ class Client:
             since=sub.since,
             logs=sub.logs,
             offset=sub.offset if sub.logs else 0,
+            metrics=sub.metrics,
         )
         await self._call(request, wire.Subscribed, on_reply=opened, job_id=sub.job_id)
 

@@ -23,8 +23,8 @@ _UNSUBSCRIBE_S = 2.0
 
 
 class Subscription:
-    """Events from the server: :class:`JobUpdate`, and with ``logs`` also :class:`LogChunk` and a
-    final :class:`LogEnd`.
+    """Events from the server: :class:`JobUpdate`, with ``logs`` also :class:`LogChunk` and a
+    final :class:`LogEnd`, with ``metrics`` also :class:`MetricPoints`.
 
     Use it as ``async with client.subscribe(...) as events: async for event in events: ...``;
     leaving the block unsubscribes.  Iterating without ``async with`` works too (the subscribe
@@ -45,11 +45,13 @@ class Subscription:
         since: int | None,
         logs: bool,
         offset: int,
+        metrics: bool = False,
         buffer: int = DEFAULT_BUFFER,
     ) -> None:
         self._client = client
         self.job_id = job_id
         self.logs = logs
+        self.metrics = metrics
         self.offset = offset
         self.since = since
         self.last_seq: int | None = since

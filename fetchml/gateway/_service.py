@@ -29,6 +29,7 @@ from ..errors import (
     RateLimitedError,
 )
 from ..protocol import Identity
+from ..tracking import MetricWatch
 from ._context import source_address
 from ._limits import AddressGuard, Limits
 from ._sessions import Sessions
@@ -262,6 +263,11 @@ class Service:
         """The job's log chunks, after checking ``who`` may see the job."""
         await self.get(who, job_id)
         return self.scheduler.logs(job_id, offset=offset, follow=follow)
+
+    async def watch_metrics(self, who: Principal, job_id: int) -> MetricWatch:
+        """Job ``job_id``'s metric points from now on, after checking ``who`` may see the job."""
+        await self.get(who, job_id)
+        return self.scheduler.watch_metrics(job_id)
 
     async def subscribe(
         self,

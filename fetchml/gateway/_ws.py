@@ -13,8 +13,9 @@ write coalescing, ``_hypercorn_fix``).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import trio
@@ -43,6 +44,7 @@ from ..protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_SLOW,
     JSON,
+    MAX_EVENT_POINTS,
     MSGPACK,
     AuthOp,
     CancelOp,
@@ -58,6 +60,8 @@ from ..protocol import (
     LogChunk,
     LogEnd,
     LogText,
+    MetricPoint,
+    MetricPoints,
     Reply,
     Request,
     StatusOp,
@@ -70,6 +74,7 @@ from ..protocol import (
     WhoamiOp,
     decode_request,
 )
+from ..tracking import MetricWatch
 from ._context import source_address
 from ._service import Service
 
@@ -296,53 +301,55 @@ class Connection:
             raise InvalidSpecError(f"spec.{exc.message}", field=f"spec.{exc.field}") from None
 
     async def _subscribe(self, codec: Codec, who: Principal, op: SubscribeOp) -> Subscribed:
-        if op.logs and op.job_id is None:
-            raise InvalidRequestError("logs: needs a job_id (logs are per job)", field="logs")
+        """Open the subscription ``op`` asks for and start forwarding it; the reply says where
+        it starts.  Raises what the service raises (the job is not visible, not found)."""
+        for asked, what in ((op.logs, "logs"), (op.metrics, "metrics")):
+            if asked and op.job_id is None:
+                raise InvalidRequestError(
+                    f"{what}: needs a job_id ({what} are per job)", field=what
+                )
         subscription = await self._service.subscribe(
             who, job_id=op.job_id, since=op.since, buffer=self._buffer
         )
-        chunks = None
-        if op.logs and op.job_id is not None:
-            try:
-                chunks = await self._service.logs(who, op.job_id, offset=op.offset, follow=True)
-            except BaseException:
-                await subscription.aclose()
-                raise
         sub_id = self._next_sub
+        forwarders: list[Callable[[], Awaitable[None]]] = [
+            functools.partial(self._forward_events, codec, sub_id, subscription)
+        ]
+        try:
+            if op.logs and op.job_id is not None:
+                chunks = await self._service.logs(who, op.job_id, offset=op.offset, follow=True)
+                forwarders.append(
+                    functools.partial(
+                        self._forward_logs, codec, sub_id, op.job_id, op.offset, chunks
+                    )
+                )
+            if op.metrics and op.job_id is not None:
+                watch = await self._service.watch_metrics(who, op.job_id)
+                forwarders.append(functools.partial(self._forward_metrics, codec, sub_id, watch))
+        except BaseException:
+            await subscription.aclose()
+            raise
         self._next_sub += 1
         scope = trio.CancelScope()
         self._subs[sub_id] = scope
-        since = subscription.last_seq
         assert self._nursery is not None
-        self._nursery.start_soon(
-            self._forward, codec, sub_id, subscription, op.job_id, op.offset, chunks, scope
-        )
-        return Subscribed(re=op.id, sub=sub_id, since=since)
+        self._nursery.start_soon(self._forward, sub_id, forwarders, scope)
+        return Subscribed(re=op.id, sub=sub_id, since=subscription.last_seq)
 
     async def _forward(
-        self,
-        codec: Codec,
-        sub_id: int,
-        subscription: Subscription,
-        job_id: int | None,
-        offset: int,
-        chunks: AsyncIterator[bytes] | None,
-        scope: trio.CancelScope,
+        self, sub_id: int, forwarders: list[Callable[[], Awaitable[None]]], scope: trio.CancelScope
     ) -> None:
-        """Run one subscription's forwarders (events, and the log if asked) under its scope.
+        """Run one subscription's forwarders (events, and the log and metrics if asked) under
+        its scope.
 
-        One task owns the scope: a trio cancel scope can be entered only once, so the event and
-        log forwarders run in a nursery inside it and ``unsubscribe`` cancels both.
+        One task owns the scope: a trio cancel scope can be entered only once, so the
+        forwarders run in a nursery inside it and ``unsubscribe`` cancels them all.
         """
         with scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._forward_events, codec, sub_id, subscription)
-                    if chunks is not None:
-                        assert job_id is not None
-                        nursery.start_soon(
-                            self._forward_logs, codec, sub_id, job_id, offset, chunks
-                        )
+                    for forwarder in forwarders:
+                        nursery.start_soon(forwarder)
             except Exception as exc:
                 # A fault of ours: this client cannot tell what it missed; others go on.
                 what = f"subscription {sub_id} of {self._user()}"
@@ -372,6 +379,20 @@ class Connection:
             position += len(chunk)
             await self._send(codec, frame)
         await self._send(codec, LogEnd(sub=sub_id, job_id=job_id, offset=position))
+
+    async def _forward_metrics(self, codec: Codec, sub_id: int, watch: MetricWatch) -> None:
+        """Send the job's points as they are committed: every batch already waiting goes in
+        the same event (up to MAX_EVENT_POINTS each), so a busy job costs few frames."""
+        try:
+            async with watch:
+                async for batch in watch:
+                    points = batch + watch.pending()
+                    for start in range(0, len(points), MAX_EVENT_POINTS):
+                        part = [MetricPoint(*p) for p in points[start : start + MAX_EVENT_POINTS]]
+                        event = MetricPoints(sub=sub_id, job_id=watch.job_id, points=part)
+                        await self._send(codec, event)
+        except SubscriberDroppedError as exc:
+            await self._close(CLOSE_TOO_SLOW, f"too slow: {exc.message}")
 
     async def _reply_error(self, codec: Codec, rid: int | None, exc: FetchMLError) -> None:
         await self._send(codec, ErrorReply(re=rid, error=ErrorBody.of(exc)))

@@ -10,6 +10,7 @@ from typing import Final
 
 from ._errors import ErrorBody
 from ._replies import (
+    MAX_EVENT_POINTS,
     ErrorEnvelope,
     ErrorReply,
     Event,
@@ -25,6 +26,8 @@ from ._replies import (
     LogChunk,
     LogEnd,
     LogText,
+    MetricPoint,
+    MetricPoints,
     PruneReport,
     PruneRequest,
     Reply,
@@ -80,6 +83,7 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
     "JSON",
+    "MAX_EVENT_POINTS",
     "MSGPACK",
     "OPS",
     "AuthOp",
@@ -106,6 +110,8 @@ __all__ = [
     "LogChunk",
     "LogEnd",
     "LogText",
+    "MetricPoint",
+    "MetricPoints",
     "MetricSummary",
     "OutcomeBody",
     "OutcomeRequest",

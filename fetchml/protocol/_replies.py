@@ -4,7 +4,7 @@ Each payload is defined once: the HTTP body (``JobBody``: ``{"job"}``) and the W
 that carries it (``JobReply``: ``{"re", "ok", "job"}``) are the same struct, the reply adding the
 request id and ``ok``.  Jobs and the queue summary are the core's own structs.  Events are a
 tagged union on ``ev``; a subscription's log chunks are bytes in msgpack frames and text in JSON
-text frames (:class:`LogText`, what a browser reads).
+text frames (:class:`LogText`, what a browser reads); its metric points are arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..artifacts import OutputFile
 from ._errors import ErrorBody
 
 __all__ = [
+    "MAX_EVENT_POINTS",
     "ErrorEnvelope",
     "ErrorReply",
     "Event",
@@ -33,6 +34,8 @@ __all__ = [
     "LogChunk",
     "LogEnd",
     "LogText",
+    "MetricPoint",
+    "MetricPoints",
     "PruneReport",
     "PruneRequest",
     "Reply",
@@ -194,4 +197,24 @@ class LogEnd(_Event, frozen=True, kw_only=True, tag="log_end"):
     offset: int
 
 
-Event = JobUpdate | LogChunk | LogEnd
+class MetricPoint(msgspec.Struct, frozen=True, array_like=True):
+    """One point on the wire: ``[name, step, value, time]`` (time in Unix seconds)."""
+
+    name: str
+    step: int
+    value: float
+    time: float
+
+
+class MetricPoints(_Event, frozen=True, kw_only=True, tag="metric"):
+    """Metric points of a job, stored since the last such event, in the order they were
+    logged (several per event, at most :data:`MAX_EVENT_POINTS`)."""
+
+    job_id: int
+    points: list[MetricPoint]
+
+
+# Points in one metric event: a burst is split so that no frame grows past about 400 KB.
+MAX_EVENT_POINTS = 5000
+
+Event = JobUpdate | LogChunk | LogEnd | MetricPoints

@@ -77,13 +77,15 @@ class CancelOp(_Op, frozen=True, kw_only=True, tag="cancel"):
 class SubscribeOp(_Op, frozen=True, kw_only=True, tag="subscribe"):
     """Events of one job (``job_id``) or of every job the caller may see, after ``since``.
 
-    ``logs`` (with ``job_id``) also streams the job's log from byte ``offset``.
+    ``logs`` (with ``job_id``) also streams the job's log from byte ``offset``; ``metrics``
+    (with ``job_id``) the metric points the server stores from now on (:class:`MetricPoints`).
     """
 
     job_id: JobIdArg | None = None
     since: Seq | None = None
     logs: bool = False
     offset: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
+    metrics: bool = False
 
 
 class UnsubscribeOp(_Op, frozen=True, kw_only=True, tag="unsubscribe"):

@@ -1,8 +1,9 @@
 """Experiment tracking on the server: the track files jobs write (``fetchml.track`` or any
 program speaking the line protocol, ``_lines``), read by the :class:`Tracker` actor into the
-:class:`TrackingStore` (``tracking.db``: per-run summaries, series in chunks, ``_series``), and
-the queries the gateway serves."""
+:class:`TrackingStore` (``tracking.db``: per-run summaries, series in chunks, ``_series``), the
+queries the gateway serves, and the :class:`MetricFeed` of live points."""
 
+from ._feed import METRIC_WATCH_BUFFER, MetricFeed, MetricWatch, Point
 from ._lines import MAX_NAME, Batch, name_problem, parse_lines
 from ._store import TrackingStore
 from ._system import SystemSampler
@@ -10,8 +11,12 @@ from ._tracker import TRACKER_INBOX_SIZE, RunEnded, RunStarted, Sampler, Tracker
 
 __all__ = [
     "MAX_NAME",
+    "METRIC_WATCH_BUFFER",
     "TRACKER_INBOX_SIZE",
     "Batch",
+    "MetricFeed",
+    "MetricWatch",
+    "Point",
     "RunEnded",
     "RunStarted",
     "Sampler",

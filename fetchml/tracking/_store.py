@@ -233,14 +233,20 @@ class TrackingStore:
         )
         return len(points)
 
-    def add_points(self, job_id: int, points: dict[str, float], when: float) -> None:
+    def add_points(
+        self, job_id: int, points: dict[str, float], when: float
+    ) -> list[tuple[str, int, float, float]]:
         """Store one point of each metric of ``points`` at the next step of each (system
-        metrics, sampled by the server); not counted against the run's cap."""
+        metrics, sampled by the server); not counted against the run's cap.  Returns the points
+        stored, as ``(name, step, value, time)``."""
+        stored: list[tuple[str, int, float, float]] = []
         with self._transaction() as conn:
             for name, value in points.items():
                 metric = self._metric(conn, job_id, name)
                 step = metric.summary[2] + 1 if metric.summary[0] else 0
                 self._append(conn, job_id, name, [(step, value, when)])
+                stored.append((name, step, value, when))
+        return stored
 
     def _metric(self, conn: Any, job_id: int, name: str) -> _Metric:
         """The metric being ingested, created or loaded (with its last chunk, if not full)."""

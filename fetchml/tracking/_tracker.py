@@ -2,11 +2,13 @@
 and samples the jobs' process trees and GPUs.
 
 The job appends lines to its file and never waits on the server (no back-pressure, no socket);
-the tracker reads what is new every ``tracking.ingest_interval_s`` and commits the points with
-the file offset they end at, in one transaction, so a server killed at any moment resumes where
-the last commit ended: no point is lost or stored twice.  However fast one job logs, a pass
-reads at most :data:`READ_LIMIT` bytes of its file, so other jobs wait on it at most that long;
-and the scheduler never waits on the tracker at all (its own database, its own thread).
+the tracker reads what is new every ``tracking.ingest_interval_s`` (every
+:data:`LIVE_INTERVAL_S` for a job someone watches live, :class:`MetricFeed`) and commits the
+points with the file offset they end at, in one transaction, so a server killed at any moment
+resumes where the last commit ended: no point is lost or stored twice.  However fast one job
+logs, a pass reads at most :data:`READ_LIMIT` bytes of its file, so other jobs wait on it at
+most that long; and the scheduler never waits on the tracker at all (its own database, its
+own thread).
 
 Messages come from the executor (``RunStarted`` when a run starts or is adopted, ``RunEnded``
 when it ends: answered once every line of the file is in, so a job's metrics are complete when
@@ -27,6 +29,7 @@ import trio
 
 from .._config import TrackingSettings
 from .._faults import report_internal_error
+from ._feed import MetricFeed, Point
 from ._lines import parse_lines
 from ._store import TrackingStore
 
@@ -35,6 +38,9 @@ __all__ = ["READ_LIMIT", "TRACKER_INBOX_SIZE", "RunEnded", "RunStarted", "Sample
 log = logging.getLogger("fetchml.tracker")
 
 READ_LIMIT = 8 << 20
+# How often the file of a job someone watches live is read (when ingest_interval_s is longer):
+# the points reach the watcher that much sooner, at the cost of a read of one file per pass.
+LIVE_INTERVAL_S = 0.05
 # Messages waiting for the tracker; the executor waits when it is full (briefly: handling one
 # is bookkeeping).
 TRACKER_INBOX_SIZE = 256
@@ -87,8 +93,10 @@ class Tracker:
         settings: TrackingSettings,
         inbox: trio.MemoryReceiveChannel[RunStarted | RunEnded],
         sampler: Sampler | None = None,
+        feed: MetricFeed | None = None,
     ) -> None:
         self._store = store
+        self._feed = feed
         self._settings = settings
         self._inbox = inbox
         self._sampler = sampler
@@ -96,14 +104,23 @@ class Tracker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up on the runs a previous server left open, then serve messages and read the
-        files until cancelled.  Closes nothing it was given but its inbox, on the way out."""
+        files until cancelled.  Closes its inbox and ends every watch of the feed on the way
+        out."""
+        try:
+            await self._serve(task_status)
+        finally:
+            if self._feed is not None:
+                self._feed.close()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         with self._inbox:
             for job_id, track_file in await trio.to_thread.run_sync(self._store.unfinished):
                 if track_file is not None:
                     await self._ingest(job_id, track_file, to_end=True)
             task_status.started()
             interval = self._settings.ingest_interval_s
-            next_pass = trio.current_time() + interval
+            live = min(interval, LIVE_INTERVAL_S)
+            next_full = next_pass = trio.current_time() + interval
             next_sample = trio.current_time() + self._settings.system_interval_s
             while True:
                 message: RunStarted | RunEnded | None = None
@@ -114,14 +131,19 @@ class Tracker:
                         return
                 if message is not None:
                     await self._handle(message)
-                if trio.current_time() < next_pass:
+                now = trio.current_time()
+                if now < next_pass:
                     continue
+                full = now >= next_full
                 for job_id, active in list(self._active.items()):
-                    await self._ingest(job_id, active.track_file, to_end=False)
+                    if full or (self._feed is not None and self._feed.watching(job_id)):
+                        await self._ingest(job_id, active.track_file, to_end=False)
                 if trio.current_time() >= next_sample:
                     await self._sample()
                     next_sample = trio.current_time() + self._settings.system_interval_s
-                next_pass = trio.current_time() + interval
+                if full:
+                    next_full = trio.current_time() + interval
+                next_pass = min(next_full, trio.current_time() + live)
 
     async def _handle(self, message: RunStarted | RunEnded) -> None:
         match message:
@@ -160,26 +182,37 @@ class Tracker:
         self._active[message.job_id] = _Active(message.track_file, message.pid, message.gpus)
 
     async def _ingest(self, job_id: int, track_file: str, *, to_end: bool) -> None:
-        """Read what is new in the run's file (all of it with ``to_end``) into the store."""
+        """Read what is new in the run's file (all of it with ``to_end``) into the store, and
+        hand what was committed to the job's watchers."""
         try:
-            while await trio.to_thread.run_sync(self._ingest_once, job_id, track_file) and to_end:
-                pass
+            more = True
+            while more:
+                watched = self._feed is not None and self._feed.watching(job_id)
+                more, points = await trio.to_thread.run_sync(
+                    self._ingest_once, job_id, track_file, watched
+                )
+                self._publish(job_id, points)
+                more = more and to_end
         except Exception as exc:
             report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
 
-    def _ingest_once(self, job_id: int, track_file: str) -> bool:
-        """One read of at most READ_LIMIT bytes, committed; whether there may be more.  Blocks
-        (a worker thread)."""
+    def _publish(self, job_id: int, points: list[Point]) -> None:
+        if self._feed is not None and points:
+            self._feed.publish(job_id, points)
+
+    def _ingest_once(self, job_id: int, track_file: str, watched: bool) -> tuple[bool, list[Point]]:
+        """One read of at most READ_LIMIT bytes, committed: whether there may be more, and the
+        points stored (only if ``watched``).  Blocks (a worker thread)."""
         position = self._store.position(job_id)
         if position is None:
-            return False
+            return False, []
         offset, next_step, _ = position
         try:
             with Path(track_file).open("rb") as handle:
                 handle.seek(offset)
                 data = handle.read(READ_LIMIT)
         except FileNotFoundError:
-            return False
+            return False, []
         batch, next_step = parse_lines(data, next_step, time.time())
         if batch.consumed == 0:
             if len(data) >= READ_LIMIT:
@@ -187,16 +220,16 @@ class Tracker:
                 self._store.ingest(
                     job_id, batch, offset=offset + len(data), next_step=next_step, max_points=0
                 )
-                return True
-            return False
-        self._store.ingest(
+                return True, []
+            return False, []
+        stored = self._store.ingest(
             job_id,
             batch,
             offset=offset + batch.consumed,
             next_step=next_step,
             max_points=self._settings.max_points_per_run,
         )
-        return len(data) >= READ_LIMIT
+        return len(data) >= READ_LIMIT, batch.points[:stored] if watched else []
 
     async def _sample(self) -> None:
         """Record a system sample of every running job with a process here."""
@@ -209,6 +242,9 @@ class Tracker:
             now = time.time()
             for job_id, values in samples.items():
                 if values and job_id in self._active:
-                    await trio.to_thread.run_sync(self._store.add_points, job_id, values, now)
+                    points = await trio.to_thread.run_sync(
+                        self._store.add_points, job_id, values, now
+                    )
+                    self._publish(job_id, points)
         except Exception as exc:
             report_internal_error("tracker", exc, "sampling the jobs' processes")
