@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -450,6 +451,9 @@ async def check_metrics(ml: Ml, first: int, big: int) -> None:
     assert plain.splitlines()[1].split() == ["METRIC", "COUNT", "LAST", "STEP", "MIN", "MAX"]
     assert "lr=0.1, model=mlp" in plain
     assert "hypothesis: small lr wins" in plain
+    status = clean(await ml("bob", "status", str(first)))
+    assert "hypothesis: small lr wins" in status
+    assert re.search(r"intent: +pick lr", status)
     table = clean(await ml("bob", "metrics", str(big)))
     assert "val/acc" in table
     assert "best_acc=0.999" in table

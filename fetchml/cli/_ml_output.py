@@ -272,6 +272,9 @@ def spec_lines(spec: JobSpec) -> list[tuple[str, str]]:
         ("snapshot", spec.snapshot),
         ("git", _git_line(spec)),
         ("requeue of", str(spec.requeued_from) if spec.requeued_from else None),
+        ("hypothesis", spec.hypothesis),
+        ("intent", spec.intent),
+        ("expected", spec.expected_outcome),
     ]
     return lines + [(label, value) for label, value in optional if value]
 
