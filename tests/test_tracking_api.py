@@ -268,6 +268,62 @@ async def test_a_server_killed_mid_run_loses_no_point(tmp_path: Path, users: Use
     assert raw["value"] == [float(step) for step in range(steps)]
 
 
+QUICK_THEN_GONE = """
+import os, time
+from fetchml import track
+for step in range(100):
+    track.log({"x": float(step)}, step=step)
+track.flush()
+while not os.path.exists(GO):
+    time.sleep(0.01)
+"""
+
+
+async def test_a_run_that_ends_while_the_server_is_down_is_read_on_restart(
+    tmp_path: Path, users: Users
+) -> None:
+    """The server is killed before it ever read the run's file (reads are a minute apart);
+    the job ends while it is down; the next server reads every point of it."""
+    data_dir, go = tmp_path / "data", tmp_path / "go"
+    path = tmp_path / "server.yaml"
+    slow_reads = HIGH_LIMITS_YAML + "tracking:\n  ingest_interval_s: 60\n"
+    path.write_text(server_yaml(data_dir, users.write(tmp_path / "auth.yaml"), slow_reads))
+    spec = {"command": [sys.executable, "-c", QUICK_THEN_GONE.replace("GO", repr(str(go)))]}
+    try:
+        with trio.fail_after(90):
+            async with server_process(["--config", str(path)], cwd=tmp_path) as server:
+                async with HttpSession(server.base) as s:
+                    job_id = await submit(s, users.alice, spec)
+                    await until_job(s, users.alice, job_id, ("running",), 20)
+                    before = await get(s, users.alice, f"/api/v1/jobs/{job_id}/metrics")
+                server.signal(signal.SIGKILL)
+                await server.wait()
+            go.touch()
+            async with (
+                server_process(["--config", str(path)], cwd=tmp_path) as again,
+                HttpSession(again.base) as s,
+            ):
+                job = await until_job(s, users.alice, job_id, ENDED, 40)
+                info = await get(s, users.alice, f"/api/v1/jobs/{job_id}/metrics")
+    finally:
+        kill_everything_under(tmp_path)
+    assert job["state"] == "succeeded", job
+    assert (before["points"], before["metrics"]) == (0, [])  # known, empty: nothing read yet
+    assert info["points"] == 100
+
+
+async def test_a_run_that_logs_nothing_is_listed(tmp_path: Path, users: Users) -> None:
+    quiet = {"command": ["/bin/true"], "experiment": "quiet", "hypothesis": "nothing to log"}
+    with trio.fail_after(60):
+        async with serve(config(tmp_path, users)) as base, HttpSession(base) as s:
+            job = await run(s, users.alice, quiet)
+            info = await get(s, users.alice, f"/api/v1/jobs/{job['id']}/metrics")
+            runs = await get(s, users.alice, "/api/v1/experiments/quiet/runs")
+    assert (info["points"], info["metrics"], info["experiment"]) == (0, [], "quiet")
+    assert info["narrative"]["hypothesis"] == "nothing to log"
+    assert [(r["job_id"], r["state"]) for r in runs["runs"]] == [(job["id"], "succeeded")]
+
+
 def test_track_outside_a_job_warns_once_and_keeps_nothing(tmp_path: Path) -> None:
     code = (
         "from fetchml import track\n"

@@ -80,23 +80,7 @@ class RunRecords:
         (for an adopted run, take the one its start wrote).  A manifest that cannot be written
         is logged, not raised: the run goes on."""
         if self._tracker is not None:
-            spec = job.spec
-            await self._tracker.send(
-                RunStarted(
-                    job_id=job.id,
-                    user=job.user,
-                    experiment=spec.experiment,
-                    name=spec.name,
-                    narrative={
-                        "hypothesis": spec.hypothesis,
-                        "intent": spec.intent,
-                        "expected_outcome": spec.expected_outcome,
-                    },
-                    track_file=str(track_path(self._data_dir, job.id)),
-                    pid=pid,
-                    gpus=list(job.gpus),
-                )
-            )
+            await self._tracker.send(self._run(job, pid))
         key = (job.id, job.attempts)
         if adopted:
             found = await trio.to_thread.run_sync(read_run_manifest, self._output(job.id))
@@ -113,7 +97,7 @@ class RunRecords:
         manifest with the end and the hashed outputs (waits on reading every output, in a
         worker thread)."""
         if self._tracker is not None:
-            ended = RunEnded(job.id)
+            ended = RunEnded(job.id, run=self._run(job, None))
             await self._tracker.send(ended)
             with trio.move_on_after(TRACK_WAIT_S) as waited:
                 await ended.done.wait()
@@ -138,6 +122,24 @@ class RunRecords:
             log.warning("job %d: cannot list its outputs: %s", job.id, exc)
             return
         await self._write(job.id, manifest)
+
+    def _run(self, job: Job, pid: int | None) -> RunStarted:
+        """What the tracker needs to know of a run."""
+        spec = job.spec
+        return RunStarted(
+            job_id=job.id,
+            user=job.user,
+            experiment=spec.experiment,
+            name=spec.name,
+            narrative={
+                "hypothesis": spec.hypothesis,
+                "intent": spec.intent,
+                "expected_outcome": spec.expected_outcome,
+            },
+            track_file=str(track_path(self._data_dir, job.id)),
+            pid=pid,
+            gpus=list(job.gpus),
+        )
 
     async def _write(self, job_id: int, manifest: RunManifest) -> None:
         try:

@@ -32,10 +32,7 @@ _NAME = {
 _BAD_QUERY = error_response(
     "a parameter out of range, or a name that is not one (`invalid_request`, named in `field`)"
 )
-_NO_RUN = error_response(
-    "no such job, one the key may not see, one that has not started, or no such metric "
-    "(`not_found`)"
-)
+_NO_RUN = error_response("no such job, one the key may not see, or no such metric (`not_found`)")
 
 
 def _job_routes() -> dict[str, Any]:
@@ -46,7 +43,10 @@ def _job_routes() -> dict[str, Any]:
                 "summary": "A run's metric summaries, params, tags, summary and narrative",
                 "parameters": [JOB_ID],
                 "responses": {
-                    "200": ok_response("what tracking holds of the run", schema_ref("RunInfo")),
+                    "200": ok_response(
+                        "what tracking holds of the run (empty before it logs anything)",
+                        schema_ref("RunInfo"),
+                    ),
                     "400": BAD_JOB_ID,
                     "404": _NO_RUN,
                     **KEYED_SCHEDULER,

@@ -15,6 +15,7 @@ import msgspec
 import trio
 from quart import Quart, Response, request
 
+from .._models import Job
 from ..auth import JOBS_READ_ALL, Principal
 from ..errors import InvalidRequestError, JobNotFoundError, NotFoundError
 from ..protocol import (
@@ -50,13 +51,12 @@ def register_tracking(app: Quart, service: Service) -> None:
     tracking = service.scheduler.tracking
 
     async def visible_run(who: Principal, job_id: int) -> RunInfo:
-        """The run of a job ``who`` may see.  Raises JobNotFoundError (the job is not visible)
-        and NotFoundError (it has not started: tracking knows no run of it)."""
-        await service.get(who, job_id)
+        """The run of a job ``who`` may see (an empty one while tracking holds nothing of it:
+        it has not started, or has not logged yet).  Raises JobNotFoundError (the job is not
+        visible)."""
+        job = await service.get(who, job_id)
         info = await trio.to_thread.run_sync(tracking.run, job_id)
-        if info is None:
-            raise NotFoundError(f"job {job_id} has no metrics (it has not started)")
-        return info
+        return info if info is not None else empty_run(job)
 
     @app.get("/api/v1/jobs/<int:job_id>/metrics")
     async def job_metrics(job_id: int) -> Response:
@@ -151,3 +151,27 @@ async def _states(service: Service, who: Principal, ids: list[int]) -> dict[int,
         except JobNotFoundError:
             continue
     return states
+
+
+def empty_run(job: Job) -> RunInfo:
+    """The run of a job tracking holds nothing of yet: its spec's names and narrative."""
+    spec = job.spec
+    return RunInfo(
+        job_id=job.id,
+        user=job.user,
+        experiment=spec.experiment,
+        name=spec.name,
+        params={},
+        tags={},
+        summary={},
+        narrative={
+            "hypothesis": spec.hypothesis,
+            "intent": spec.intent,
+            "expected_outcome": spec.expected_outcome,
+        },
+        outcome=None,
+        points=0,
+        invalid=0,
+        dropped=0,
+        metrics=[],
+    )

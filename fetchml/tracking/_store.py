@@ -146,14 +146,25 @@ class TrackingStore:
         name: str | None,
         narrative: dict[str, str | None],
         track_file: str | None,
+        ended: bool = False,
     ) -> None:
-        """Record a run as it starts (again, for a retry or an adopted run: it is open again,
-        nothing else changes)."""
+        """Record a run (again, for a retry or an adopted run: it is open again, nothing else
+        changes); ``ended`` records it closed at once (a run that logged nothing)."""
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO runs(job_id, user, experiment, name, created, narrative, track_file) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET ended = 0",
-                (job_id, user, experiment, name, time.time(), json.dumps(narrative), track_file),
+                "INSERT INTO runs(job_id, user, experiment, name, created, narrative, track_file, "
+                "ended) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET ended = excluded.ended",
+                (
+                    job_id,
+                    user,
+                    experiment,
+                    name,
+                    time.time(),
+                    json.dumps(narrative),
+                    track_file,
+                    int(ended),
+                ),
             )
 
     def position(self, job_id: int) -> tuple[int, int, int] | None:

@@ -20,6 +20,7 @@ and the others go on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,17 +72,21 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class RunEnded:
-    """A run ended; ``done`` is set once its file is read to the end."""
+    """A run ended; ``done`` is set once its file is read to the end.  ``run`` says what its
+    start said (for a run that ended while no tracker was watching it)."""
 
     job_id: int
+    run: RunStarted | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass
 class _Active:
-    track_file: str
-    pid: int | None
-    gpus: list[int]
+    """A run being read.  It is written to the store only once its track file exists (or when
+    it ends): a job that logs nothing costs one commit, not one per start and end."""
+
+    run: RunStarted
+    registered: bool = False
 
 
 class Tracker:
@@ -116,7 +121,7 @@ class Tracker:
         with self._inbox:
             for job_id, track_file in await trio.to_thread.run_sync(self._store.unfinished):
                 if track_file is not None:
-                    await self._ingest(job_id, track_file, to_end=True)
+                    await self._catch_up(job_id, track_file)
             task_status.started()
             interval = self._settings.ingest_interval_s
             live = min(interval, LIVE_INTERVAL_S)
@@ -137,7 +142,7 @@ class Tracker:
                 full = now >= next_full
                 for job_id, active in list(self._active.items()):
                     if full or (self._feed is not None and self._feed.watching(job_id)):
-                        await self._ingest(job_id, active.track_file, to_end=False)
+                        await self._ingest(active, to_end=False)
                 if trio.current_time() >= next_sample:
                     await self._sample()
                     next_sample = trio.current_time() + self._settings.system_interval_s
@@ -147,14 +152,15 @@ class Tracker:
 
     async def _handle(self, message: RunStarted | RunEnded) -> None:
         match message:
-            case RunStarted():
-                await self._started(message)
+            case RunStarted(job_id=job_id):
+                self._active[job_id] = _Active(message)
             case RunEnded(job_id=job_id, done=done):
                 active = self._active.pop(job_id, None)
+                if active is None and message.run is not None:
+                    active = _Active(message.run)
                 try:
                     if active is not None:
-                        await self._ingest(job_id, active.track_file, to_end=True)
-                        await trio.to_thread.run_sync(self._store.mark_ended, job_id)
+                        await self._ingest(active, to_end=True)
                     if self._sampler is not None:
                         self._sampler.forget(job_id)
                 except Exception as exc:
@@ -164,37 +170,58 @@ class Tracker:
             case _:
                 raise TypeError(f"tracker: unexpected message {message!r}")
 
-    async def _started(self, message: RunStarted) -> None:
+    async def _catch_up(self, job_id: int, track_file: str) -> None:
+        """Read a run a previous server left open to the end of its file (it stays open: its
+        job may still be running, and is re-adopted)."""
         try:
-            await trio.to_thread.run_sync(
-                lambda: self._store.register(
-                    message.job_id,
-                    message.user,
-                    experiment=message.experiment,
-                    name=message.name,
-                    narrative=message.narrative,
-                    track_file=message.track_file,
+            while True:
+                more, _ = await trio.to_thread.run_sync(
+                    self._ingest_once, job_id, track_file, False
                 )
-            )
+                if not more:
+                    return
         except Exception as exc:
-            report_internal_error("tracker", exc, f"job {message.job_id}: registering its run")
-            return
-        self._active[message.job_id] = _Active(message.track_file, message.pid, message.gpus)
+            report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
 
-    async def _ingest(self, job_id: int, track_file: str, *, to_end: bool) -> None:
-        """Read what is new in the run's file (all of it with ``to_end``) into the store, and
-        hand what was committed to the job's watchers."""
+    async def _ingest(self, active: _Active, *, to_end: bool) -> None:
+        """Read what is new in the run's file (all of it, and mark the run ended, with
+        ``to_end``) into the store, and hand what was committed to the job's watchers.
+        Registers the run first if it is not yet."""
+        job_id, track_file = active.run.job_id, active.run.track_file
         try:
             more = True
             while more:
                 watched = self._feed is not None and self._feed.watching(job_id)
-                more, points = await trio.to_thread.run_sync(
-                    self._ingest_once, job_id, track_file, watched
-                )
+                more, points = await trio.to_thread.run_sync(self._step, active, to_end, watched)
                 self._publish(job_id, points)
-                more = more and to_end
         except Exception as exc:
             report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
+
+    def _step(self, active: _Active, to_end: bool, watched: bool) -> tuple[bool, list[Point]]:
+        """One read of the run's file (registering the run first, if its file exists or it
+        ended); whether to read on, and the points stored.  With ``to_end``, marks the run
+        ended after the last read.  Blocks (a worker thread)."""
+        run = active.run
+        if not active.registered:
+            exists = os.path.exists(run.track_file)
+            if not exists and not to_end:
+                return False, []
+            self._store.register(
+                run.job_id,
+                run.user,
+                experiment=run.experiment,
+                name=run.name,
+                narrative=run.narrative,
+                track_file=run.track_file,
+                ended=to_end and not exists,
+            )
+            active.registered = True
+            if not exists:
+                return False, []
+        more, points = self._ingest_once(run.job_id, run.track_file, watched)
+        if to_end and not more:
+            self._store.mark_ended(run.job_id)
+        return more and to_end, points
 
     def _publish(self, job_id: int, points: list[Point]) -> None:
         if self._feed is not None and points:
@@ -234,7 +261,9 @@ class Tracker:
     async def _sample(self) -> None:
         """Record a system sample of every running job with a process here."""
         sampler = self._sampler
-        jobs = {j: (a.pid, a.gpus) for j, a in self._active.items() if a.pid is not None}
+        jobs = {
+            j: (a.run.pid, a.run.gpus) for j, a in self._active.items() if a.run.pid is not None
+        }
         if sampler is None or not jobs:
             return
         try:
