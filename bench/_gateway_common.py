@@ -67,6 +67,7 @@ BENCH_ROUNDS = 4  # bcrypt cost of the bench keys: the cached path never touches
 START_TIMEOUT_S = 30.0
 FANOUT_BUFFER = 1000  # as the server's default subscriber_buffer
 FANOUT_EVENTS = 3  # events the fan-out baseline announces per request
+FANOUT_BATCH = 500  # events in one frame of the fan-out baseline, as the gateway's batches
 STOP_TIMEOUT_S = 15.0
 # Set to a folder, each fetchml server child runs under cProfile and leaves fetchml-PORT.prof there.
 PROFILE_ENV = "FETCHML_BENCH_PROFILE"
@@ -335,7 +336,8 @@ def _run_bare(port: int) -> None:
         while True:
             await websocket.send(await websocket.receive())
 
-    subscribers: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+    # Each event as a dict, and its entry of a batch frame encoded once for every subscriber.
+    subscribers: dict[int, trio.MemorySendChannel[tuple[dict[str, Any], msgspec.Raw]]] = {}
     last_seq = 0
 
     @app.websocket("/fanout")
@@ -345,7 +347,9 @@ def _run_bare(port: int) -> None:
         A ``subscribe`` frame makes the connection a subscriber with a bounded buffer of
         ``FANOUT_BUFFER`` events, closed with 1008 when it overflows; any other frame is answered
         and announced as ``FANOUT_EVENTS`` job events (stamped with ``ts``) to every subscriber.
-        Each subscriber's frames are encoded for it (they carry its ``sub``), as the gateway does.
+        Each subscriber's frames are encoded for it (they carry its ``sub``), as the gateway does;
+        with ``batch`` in the subscribe, the events already waiting go in one ``jobs`` frame of
+        entries encoded once per event (the gateway's batching), a lone one as a ``job`` frame.
         """
         nonlocal last_seq
         await websocket.accept()
@@ -361,20 +365,33 @@ def _run_bare(port: int) -> None:
                     job = {"id": rid, "user": "alice", "spec": request.get("spec"), "state": state}
                     job.update(seq=last_seq, created_at=now, started_at=now, finished_at=now)
                     event = {"seq": last_seq, "ts": now, "job": job}
+                    entry = (event, msgspec.Raw(msgspec.msgpack.encode(event)))
                     for key, channel in list(subscribers.items()):
                         try:
-                            channel.send_nowait(event)
+                            channel.send_nowait(entry)
                         except trio.WouldBlock:
                             channel.close()
                             del subscribers[key]
                 continue
-            send, receive = trio.open_memory_channel[dict[str, Any]](FANOUT_BUFFER)
+            send, receive = trio.open_memory_channel[tuple[dict[str, Any], msgspec.Raw]](
+                FANOUT_BUFFER
+            )
             subscribers[id(send)] = send
             reply = {"re": rid, "ok": True, "sub": 1, "since": last_seq}
+            batch = request.get("batch") is True
             try:
                 await websocket.send(msgspec.msgpack.encode(reply))
-                async for event in receive:
-                    frame = {"ev": "job", "sub": 1, **event}
+                async for event, entry in receive:
+                    entries = [entry]
+                    while batch and len(entries) < FANOUT_BATCH:
+                        try:
+                            entries.append(receive.receive_nowait()[1])
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    if len(entries) > 1:
+                        frame = {"ev": "jobs", "sub": 1, "events": entries}
+                    else:
+                        frame = {"ev": "job", "sub": 1, **event}
                     await websocket.send(msgspec.msgpack.encode(frame))
             finally:
                 subscribers.pop(id(send), None)

@@ -13,16 +13,22 @@ frame: ``created_at`` (queued), ``started_at`` (running), taken in the same sche
 event's ``ts`` just before the commit, and ``finished_at`` (ended), taken earlier, when the
 executor saw the process exit, so ended-event latencies also include reporting the exit.
 
+Subscribers opt in to batching (``batch: true`` on ``subscribe``): the job events already waiting
+for a subscriber come in one ``jobs`` frame, so a busy server sends each subscriber fewer frames;
+``--no-batch`` subscribes as an old client does (one ``job`` frame per event).
+
 Each rate runs on a fresh server and fresh subscribers: the first rate is the goal's (~100 events
 per second, submitted for 15 s), the others (10 s each) show what this machine sustains.  The
-baseline, at the first rate, with the same clients: a bare QuartTrio app on hypercorn that answers
+baselines, at the first rate, with the same clients: a bare QuartTrio app on hypercorn that answers
 each submit and fans 3 events out to every subscriber with the notifier's policy (a bounded buffer
-per subscriber, closed when it overflows) and the gateway's per-subscriber encoding; so it shows
-what this stack can deliver at all.  Also printed: frames delivered per second and the server's
+per subscriber, closed when it overflows), once with the gateway's old per-subscriber encoding of
+one frame per event (what this stack delivers at all), once batched like the gateway (what
+batching can make of it).  Also printed: frames and events delivered per second and the server's
 CPU per frame, from which the rate the machine can sustain follows.
 
 Goal (issue 3): p99 < 250 ms and nobody dropped, with 1,000 subscribers at ~100 state changes/s.
-Run: ``.venv/bin/python bench/bench_gateway_fanout.py [--rates 100,10] [--subscribers 1000]``.
+Run: ``.venv/bin/python bench/bench_gateway_fanout.py [--rates 100,10] [--subscribers 1000]
+[--no-batch]``.
 """
 
 from __future__ import annotations
@@ -83,22 +89,37 @@ class _JobTimes(msgspec.Struct):
     finished_at: float | None = None
 
 
-class _Frame(msgspec.Struct):
-    ev: str | None = None
+class _Entry(msgspec.Struct):
+    """A job event: an event frame, or one of the ``events`` of a ``jobs`` frame."""
+
     seq: int | None = None
+    ts: float | None = None
+    job: _JobTimes | None = None
+
+
+class _Frame(_Entry):
+    ev: str | None = None
     re: int | None = None
     ok: bool = True
     since: int | None = None
-    ts: float | None = None
-    job: _JobTimes | None = None
     error: Any = None
+    events: list[_Entry] | None = None
 
 
 _decode = msgspec.msgpack.Decoder(_Frame).decode
 
 
-def _changed_at(frame: _Frame) -> tuple[str, float]:
-    """(kind, wall time of the state change) of an event frame."""
+def _job_events(frame: _Frame) -> list[_Entry]:
+    """The job events of a frame: itself (``job``), its entries (``jobs``), or none."""
+    if frame.ev == "jobs" and frame.events is not None:
+        return frame.events
+    if frame.ev == "job" and frame.seq is not None:
+        return [frame]
+    return []
+
+
+def _changed_at(frame: _Entry) -> tuple[str, float]:
+    """(kind, wall time of the state change) of a job event."""
     if frame.ts is not None:
         return "ts", frame.ts
     job = frame.job
@@ -130,17 +151,23 @@ class WorkerResult:
     gone: list[str] = field(default_factory=list)
     behind: int = 0
     last_rx: float = 0.0  # wall time of the last event read
+    frames: int = 0  # event frames read (each with one or more job events)
 
 
 def subscriber_worker(
-    port: int, path: str, keys: list[str], pipe: multiprocessing.connection.Connection
+    port: int,
+    path: str,
+    keys: list[str],
+    batch: bool,
+    pipe: multiprocessing.connection.Connection,
 ) -> None:
     """Connect and subscribe ``len(keys)`` subscribers, read events until told to finish."""
     raise_fd_limit()
     subs = []
+    subscribe = msgspec.msgpack.encode({"op": "subscribe", "id": 1, "batch": batch})
     for key in keys:
         sock, rest = ws_connect(port, key, path=path)
-        sock.sendall(client_frame(msgspec.msgpack.encode({"op": "subscribe", "id": 1})))
+        sock.sendall(client_frame(subscribe))
         subs.append(_Sub(sock, FrameParser(rest)))
     for sub in subs:  # the subscribe replies (a reply comes before any event)
         frames = sub.parser.feed(b"")
@@ -184,16 +211,19 @@ def subscriber_worker(
                     sub.gone = f"closed {close_reason(payload)}"
                     sel.unregister(sub.sock)
                     break
-                frame = _decode(payload)
-                if frame.ev != "job" or frame.seq is None:
+                events = _job_events(_decode(payload))
+                if not events:
                     continue
-                kind, changed = _changed_at(frame)
-                bins = hist.get(kind)
-                if bins is None:
-                    bins = hist[kind] = Counter()
-                bins[int((now - changed) / BIN_S)] += 1
-                sub.seq = frame.seq
-                sub.events += 1
+                result.frames += 1
+                for event in events:
+                    kind, changed = _changed_at(event)
+                    bins = hist.get(kind)
+                    if bins is None:
+                        bins = hist[kind] = Counter()
+                    bins[int((now - changed) / BIN_S)] += 1
+                    assert event.seq is not None
+                    sub.seq = event.seq
+                sub.events += len(events)
                 result.last_rx = now
         if target is not None:
             now_m = time.monotonic()
@@ -219,6 +249,7 @@ def subscriber_worker(
 @dataclass
 class RateResult:
     target: str
+    batch: bool
     target_rate: float
     event_rate: float
     jobs: int
@@ -228,9 +259,11 @@ class RateResult:
     gone: list[str]
     behind: int
     min_events: int
-    # first submit to last event read: server CPU seconds per second, frames delivered per second
+    # first submit to last event read: server CPU seconds per second, frames and job events
+    # delivered per second
     server_cpu: float
     frame_rate: float
+    delivery_rate: float
     submitted: Submitted
 
     def pct_ms(self, pct: float, kinds: tuple[str, ...] | None = None) -> float:
@@ -313,9 +346,16 @@ def _read_replies(
 
 
 def run_rate(
-    folder: Path, target: str, event_rate: float, subscribers: int, workers: int, duration: float
+    folder: Path,
+    target: str,
+    batch: bool,
+    event_rate: float,
+    subscribers: int,
+    workers: int,
+    duration: float,
 ) -> RateResult:
-    """One run against ``target`` ("fetchml" or "bare"), on a fresh server."""
+    """One run against ``target`` ("fetchml" or "bare"), on a fresh server; subscribers opt in
+    to batching if ``batch``."""
     with contextlib.ExitStack() as stack:
         if target == "fetchml":
             scheduler = {"cpus": 8, "memory_mb": 0}
@@ -325,7 +365,7 @@ def run_rate(
             server = stack.enter_context(bare_server(folder))
             keys, path = Keys(admin=BARE_KEY, alice=BARE_KEY), "/fanout"
         workers_ = stack.enter_context(
-            _subscriber_workers(server.port, path, keys, subscribers, workers)
+            _subscriber_workers(server.port, path, keys, batch, subscribers, workers)
         )
         _wait_idle(server)  # every subscription attached (each first reads the store)
         first_seq = _status(server.port, keys)["last_seq"] if target == "fetchml" else 0
@@ -364,6 +404,7 @@ def run_rate(
     busy_s = max(last_rx - start_wall, 1e-3)
     return RateResult(
         target=target,
+        batch=batch,
         target_rate=event_rate,
         event_rate=events / submitted.send_s,
         jobs=jobs,
@@ -374,14 +415,15 @@ def run_rate(
         behind=sum(r.behind for r in results),
         min_events=min(n for r in results for n in r.events),
         server_cpu=cpu / busy_s,
-        frame_rate=delivered / busy_s,
+        frame_rate=sum(r.frames for r in results) / busy_s,
+        delivery_rate=delivered / busy_s,
         submitted=submitted,
     )
 
 
 @contextlib.contextmanager
 def _subscriber_workers(
-    port: int, path: str, keys: Keys, subscribers: int, workers: int
+    port: int, path: str, keys: Keys, batch: bool, subscribers: int, workers: int
 ) -> Iterator[list[tuple[Any, multiprocessing.connection.Connection]]]:
     """Start the subscriber processes; yield once every subscriber is subscribed."""
     context = multiprocessing.get_context("fork")
@@ -391,7 +433,9 @@ def _subscriber_workers(
             share = _share(keys, subscribers, workers, index)
             parent_end, child_end = context.Pipe()
             proc = context.Process(
-                target=subscriber_worker, args=(port, path, share, child_end), daemon=True
+                target=subscriber_worker,
+                args=(port, path, share, batch, child_end),
+                daemon=True,
             )
             proc.start()
             child_end.close()
@@ -434,6 +478,7 @@ def report(result: RateResult, load: float) -> bool:
     p50, p99 = result.pct_ms(50), result.pct_ms(99)
     met = p99 < GOAL_P99_MS and not result.gone and not result.behind
     name = "fetchml" if result.target == "fetchml" else "baseline bare QuartTrio fan-out"
+    name += ", batched" if result.batch else ", a frame per event"
     line(
         f"{name}, {result.target_rate:g} ev/s asked",
         f"{result.event_rate:.0f} ev/s",
@@ -445,6 +490,12 @@ def report(result: RateResult, load: float) -> bool:
         f"{fmt_rate(result.frame_rate)} /s",
         f"server CPU {result.server_cpu * 100:.0f}% of a core, {cpu_us:.0f} us per frame; "
         f"load average {load:.1f} at start",
+    )
+    per_frame = result.delivery_rate / result.frame_rate if result.frame_rate else math.nan
+    line(
+        "  events delivered",
+        f"{fmt_rate(result.delivery_rate)} /s",
+        f"{per_frame:.1f} events per frame",
     )
     line("  latency p50 / p99, all events", f"{p50:.0f} / {p99:.0f} ms")
     if result.target == "fetchml":
@@ -466,15 +517,21 @@ def report(result: RateResult, load: float) -> bool:
     return met
 
 
-def main(folder: Callable[[str], Path], rates: list[float], subscribers: int, workers: int) -> int:
+def main(
+    folder: Callable[[str], Path], rates: list[float], subscribers: int, workers: int, batch: bool
+) -> int:
+    """Each rate on fresh servers, the baselines at the first: the bare app a frame per event
+    (and batched too, if ``batch``), then fetchml, its subscribers batching if ``batch``."""
     verdicts = []
     for index, rate in enumerate(rates):
         duration = FIRST_DURATION_S if index == 0 else DURATION_S
-        for target in ("bare", "fetchml") if index == 0 else ("fetchml",):
+        runs = [("fetchml", batch)]
+        if index == 0:
+            runs[:0] = [("bare", False), ("bare", True)] if batch else [("bare", False)]
+        for target, batched in runs:
             load = os.getloadavg()[0]
-            result = run_rate(
-                folder(f"{target}-{rate:g}"), target, rate, subscribers, workers, duration
-            )
+            label = f"{target}-{'batch-' if batched else ''}{rate:g}"
+            result = run_rate(folder(label), target, batched, rate, subscribers, workers, duration)
             met = report(result, load)
             if target == "fetchml":
                 verdicts.append(met)
@@ -490,10 +547,15 @@ if __name__ == "__main__":
     )
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS)
     parser.add_argument("--workers", type=int, default=WORKERS, help="subscriber processes")
+    parser.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="subscribe without batch (a frame per event, as old clients do)",
+    )
     args = parser.parse_args()
     chosen = [float(r) for r in args.rates.split(",")]
     with session(
         f"bench_gateway_fanout: {args.subscribers:,} subscribers in {args.workers} processes, "
         f"{FIRST_DURATION_S:g} s of submits at the first rate, {DURATION_S:g} s at the others"
     ) as folder_of:
-        sys.exit(main(folder_of, chosen, args.subscribers, args.workers))
+        sys.exit(main(folder_of, chosen, args.subscribers, args.workers, not args.no_batch))

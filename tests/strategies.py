@@ -60,6 +60,7 @@ WS_ARGS = (
     "logs",
     "offset",
     "metrics",
+    "batch",
     "sub",
 )
 # Error codes of a client's mistake (HTTP 4xx); anything else for a hostile input is a bug.

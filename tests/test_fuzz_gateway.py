@@ -674,6 +674,10 @@ FRAME_REGRESSIONS: dict[str, Frame] = {
     "metrics as a string (json)": Frame(
         False, {"op": "subscribe", "id": 3, "job_id": 1, "metrics": "true"}, rid=3
     ),
+    "batch as a string (json)": Frame(False, {"op": "subscribe", "id": 3, "batch": "true"}, rid=3),
+    "batch with logs of a job that does not exist": Frame(
+        True, {"op": "subscribe", "id": 3, "job_id": 2**53, "logs": True, "batch": True}, rid=3
+    ),
     "sub 2**64 - 1": Frame(True, {"op": "unsubscribe", "id": 3, "sub": 2**64 - 1}, rid=3),
     "user with NUL (list)": Frame(True, {"op": "list", "id": 3, "user": "a\x00b"}, rid=3),
     "user with a surrogate (list, json)": Frame(

@@ -110,6 +110,29 @@ class Subscription:
                 self._cursor = event.seq
                 return event
 
+    def take_waiting(self, limit: int) -> list[JobEvent]:
+        """The events that are already here (replayed, or live and not read yet), at most
+        ``limit``, in order, as ``__anext__`` would return them; without waiting.
+
+        Never waits nor checkpoints, so it adds no latency; the end of the live channel (the
+        subscriber was dropped, the server stops) is left for the next ``__anext__`` to raise.
+        """
+        taken: list[JobEvent] = []
+        while len(taken) < limit and not self._closed:
+            if self._pending:
+                event = self._pending.popleft()
+            elif self._live is not None:
+                try:
+                    event = self._live.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            else:
+                break  # the replay has not started: that takes waiting on the store
+            if self._cursor is None or event.seq > self._cursor:
+                self._cursor = event.seq
+                taken.append(event)
+        return taken
+
     async def _receive_live(self) -> JobEvent:
         assert self._live is not None
         assert self._sink is not None

@@ -448,16 +448,16 @@ class Client:
             return
         if head.ev is None:
             return
-        event = self._frames.event(data)
-        if event is None:
+        sub_id, events = self._frames.events(data)
+        if not events:
             return  # of a kind this client does not know
-        sub = self._subs.get(event.sub)
+        sub = self._subs.get(sub_id)
         if sub is not None:
-            sub._deliver(event)
-        elif event.sub > self._newest_sub:
-            early = self._early.setdefault(event.sub, [])
-            if len(early) < _EARLY_EVENTS:
-                early.append(event)
+            for event in events:
+                sub._deliver(event)
+        elif sub_id > self._newest_sub:
+            early = self._early.setdefault(sub_id, [])
+            early.extend(events[: _EARLY_EVENTS - len(early)])
 
     def _stray_reply(self, data: bytes | str, head: msgspec.Struct) -> None:
         """A reply nobody waits for: if it opened a subscription (its caller was cancelled),
@@ -520,6 +520,7 @@ class Client:
             logs=sub.logs,
             offset=sub.offset if sub.logs else 0,
             metrics=sub.metrics,
+            batch=True,  # the reader unpacks jobs frames: a subscriber sees one event each
         )
         await self._call(request, wire.Subscribed, on_reply=opened, job_id=sub.job_id)
 

@@ -4,7 +4,8 @@ one of its subscriptions, decoded into the protocol's own structs (:mod:`fetchml
 A frame is read twice: first only its ``re``, ``ok`` and ``ev`` (:class:`Head`, which skips
 everything else), then as the reply the waiting request expects, an error reply, or an event.
 Fields the client does not know are ignored, so a newer server can add some; an event of a
-kind it does not know is skipped.
+kind it does not know is skipped.  A ``jobs`` frame (several job events, :class:`JobUpdates`) is
+unpacked into one :class:`JobUpdate` per event, so a subscriber sees the same events either way.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from fetchml.protocol import ErrorReply, Event, Request
+from fetchml.protocol import ErrorReply, Event, JobEntry, JobUpdate, JobUpdates, Request
 
 __all__ = ["FrameDecoder", "Head", "encode_request"]
 
 R = TypeVar("R", bound=msgspec.Struct)
+# Every event frame the client reads: the events of a subscription, and batches of job events.
+_Incoming = Event | JobUpdates[JobEntry]
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -53,13 +56,18 @@ class FrameDecoder:
         decoded: R | ErrorReply = self._decode(data, expected if head.ok else ErrorReply)
         return decoded
 
-    def event(self, data: bytes | str) -> Event | None:
-        """The event, or None for one of a kind this client does not know."""
+    def events(self, data: bytes | str) -> tuple[int, list[Event]]:
+        """``(sub, events)`` of an event frame: one event, the job events of a ``jobs`` frame
+        in order, or none for an event of a kind this client does not know (then ``sub`` is
+        -1).  Raises msgspec errors for a frame that is not a map."""
         try:
-            event: Event = self._decode(data, Event)
+            frame: _Incoming = self._decode(data, _Incoming)
         except msgspec.ValidationError:
-            return None
-        return event
+            return -1, []
+        if isinstance(frame, JobUpdates):
+            sub = frame.sub
+            return sub, [JobUpdate(sub=sub, seq=e.seq, job=e.job) for e in frame.events]
+        return frame.sub, [frame]
 
 
 _encoder = msgspec.msgpack.Encoder()

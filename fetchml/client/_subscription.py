@@ -26,6 +26,9 @@ class Subscription:
     """Events from the server: :class:`JobUpdate`, with ``logs`` also :class:`LogChunk` and a
     final :class:`LogEnd`, with ``metrics`` also :class:`MetricPoints`.
 
+    The server sends the job events that wait for this subscription together (``batch``); they
+    come out one :class:`JobUpdate` each, as if they had come one frame each.
+
     Use it as ``async with client.subscribe(...) as events: async for event in events: ...``;
     leaving the block unsubscribes.  Iterating without ``async with`` works too (the subscribe
     request is sent on the first ``__anext__``), but then call :meth:`aclose` when done.

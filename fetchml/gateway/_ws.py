@@ -5,8 +5,11 @@ Each request frame is answered by exactly one reply with its ``re`` id; requests
 handled before the next frame is read, so a client that subscribes and then submits sees the
 events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
 up lets its subscription fall behind, which the notifier answers by dropping it, and the
-connection is then closed with a reason (4008, :data:`CLOSE_TOO_SLOW`).  At shutdown every
-connection is closed with 1001.
+connection is then closed with a reason (4008, :data:`CLOSE_TOO_SLOW`).  A subscription opened
+with ``batch`` sends the job events already waiting for it in one ``jobs`` frame, so a busy server
+spends a frame per subscriber on several events (and one that keeps reading falls behind far less);
+each event's entry in those frames is encoded once per frame format for all subscribers
+(:class:`EventEntries`).  At shutdown every connection is closed with 1001.
 Frames that several tasks send at once go out together, in order, in one write (the gateway's
 write coalescing, ``_hypercorn_fix``).
 """
@@ -24,7 +27,7 @@ from quart.globals import websocket_ctx
 from quart.wrappers import Websocket
 
 from .._faults import report_internal_error
-from .._models import Job, JobSpec
+from .._models import Job, JobEvent, JobSpec
 from ..actors import INTERNAL_MESSAGE, Subscription
 from ..auth import Principal
 from ..errors import (
@@ -44,6 +47,7 @@ from ..protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_SLOW,
     JSON,
+    MAX_BATCH_EVENTS,
     MAX_EVENT_POINTS,
     MSGPACK,
     AuthOp,
@@ -53,9 +57,11 @@ from ..protocol import (
     ErrorReply,
     GetOp,
     IdentityReply,
+    JobEntry,
     JobReply,
     JobsReply,
     JobUpdate,
+    JobUpdates,
     ListOp,
     LogChunk,
     LogEnd,
@@ -78,12 +84,50 @@ from ..tracking import MetricWatch
 from ._context import source_address
 from ._service import Service
 
-__all__ = ["MAX_IN_FLIGHT", "Connection"]
+__all__ = ["MAX_IN_FLIGHT", "Connection", "EventEntries"]
 
 log = logging.getLogger("fetchml.gateway")
 
 # Requests of one connection being processed at once; reading waits beyond that.
 MAX_IN_FLIGHT = 64
+# A jobs frame is split before it passes this many bytes of entries (a job's spec may be large).
+BATCH_BYTES = 512 * 1024
+# Recent events whose encoded entries are kept: subscribers more than this behind encode anew.
+ENTRY_CACHE = 4096
+
+
+class EventEntries:
+    """Each job event's entry of a ``jobs`` frame (:class:`JobEntry`), encoded once per frame
+    format and shared by every subscriber that sends it.
+
+    The notifier hands one and the same :class:`JobEvent` object to every subscriber, so the
+    entry is keyed by that object (its seq picks the slot of a ring, so the memory is bounded);
+    an event read from the store by one subscriber alone is a different object and is simply
+    encoded for it.  Keying by the object rather than the seq alone keeps servers sharing a
+    process (tests) apart.
+    """
+
+    def __init__(self, size: int = ENTRY_CACHE) -> None:
+        self._size = size
+        self._rings: dict[bool, list[tuple[JobEvent, msgspec.Raw] | None]] = {
+            True: [None] * size,
+            False: [None] * size,
+        }
+
+    def entry(self, codec: Codec, event: JobEvent) -> msgspec.Raw:
+        """The encoded entry of ``event`` in ``codec``'s format (encoded now if not kept)."""
+        ring = self._rings[codec.binary]
+        slot = event.seq % self._size
+        kept = ring[slot]
+        if kept is not None and kept[0] is event:
+            return kept[1]
+        raw = msgspec.Raw(codec.encode(JobEntry(seq=event.seq, job=event.job)))
+        ring[slot] = (event, raw)
+        return raw
+
+
+# One for the process: entries are keyed by the event objects themselves, never confused.
+_entries = EventEntries()
 
 
 class Connection:
@@ -313,7 +357,7 @@ class Connection:
         )
         sub_id = self._next_sub
         forwarders: list[Callable[[], Awaitable[None]]] = [
-            functools.partial(self._forward_events, codec, sub_id, subscription)
+            functools.partial(self._forward_events, codec, sub_id, subscription, batch=op.batch)
         ]
         try:
             if op.logs and op.job_id is not None:
@@ -356,13 +400,39 @@ class Connection:
                 report_internal_error("gateway", exc, what, logger=log)
                 await self._close(CLOSE_INTERNAL_ERROR, "internal server error")
 
-    async def _forward_events(self, codec: Codec, sub_id: int, subscription: Subscription) -> None:
+    async def _forward_events(
+        self, codec: Codec, sub_id: int, subscription: Subscription, *, batch: bool
+    ) -> None:
+        """Send the subscription's job events as they come: each in a ``job`` frame, or with
+        ``batch`` every one already waiting behind the first together (:meth:`_send_batch`).
+
+        Waits on the subscription and the socket; never for a batch to fill.  A dropped
+        subscription closes the connection with 4008.
+        """
         try:
             async with subscription:
                 async for event in subscription:
-                    await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
+                    waiting = subscription.take_waiting(MAX_BATCH_EVENTS - 1) if batch else None
+                    if waiting:
+                        await self._send_batch(codec, sub_id, [event, *waiting])
+                    else:
+                        await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
         except SubscriberDroppedError as exc:
             await self._close(CLOSE_TOO_SLOW, f"too slow: {exc.message}")
+
+    async def _send_batch(self, codec: Codec, sub_id: int, events: list[JobEvent]) -> None:
+        """Send ``events`` in ``jobs`` frames of their shared encoded entries, a frame of up to
+        :data:`BATCH_BYTES` (and at least one event) after the other.  Waits on the socket."""
+        part: list[msgspec.Raw] = []
+        size = 0
+        for event in events:
+            raw = _entries.entry(codec, event)
+            if part and size + len(raw) > BATCH_BYTES:
+                await self._send(codec, JobUpdates(sub=sub_id, events=part))
+                part, size = [], 0
+            part.append(raw)
+            size += len(raw)
+        await self._send(codec, JobUpdates(sub=sub_id, events=part))
 
     async def _forward_logs(
         self, codec: Codec, sub_id: int, job_id: int, offset: int, chunks: AsyncIterator[bytes]

@@ -4,12 +4,13 @@ Each payload is defined once: the HTTP body (``JobBody``: ``{"job"}``) and the W
 that carries it (``JobReply``: ``{"re", "ok", "job"}``) are the same struct, the reply adding the
 request id and ``ok``.  Jobs and the queue summary are the core's own structs.  Events are a
 tagged union on ``ev``; a subscription's log chunks are bytes in msgpack frames and text in JSON
-text frames (:class:`LogText`, what a browser reads); its metric points are arrays.
+text frames (:class:`LogText`, what a browser reads); its metric points are arrays.  A subscription
+opened with ``batch`` gets the job events that wait for it together in one :class:`JobUpdates`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
 import msgspec
 
@@ -18,6 +19,7 @@ from ..artifacts import OutputFile
 from ._errors import ErrorBody
 
 __all__ = [
+    "MAX_BATCH_EVENTS",
     "MAX_EVENT_POINTS",
     "ErrorEnvelope",
     "ErrorReply",
@@ -27,8 +29,10 @@ __all__ = [
     "Identity",
     "IdentityReply",
     "JobBody",
+    "JobEntry",
     "JobReply",
     "JobUpdate",
+    "JobUpdates",
     "JobsBody",
     "JobsReply",
     "LogChunk",
@@ -174,6 +178,29 @@ class JobUpdate(_Event, frozen=True, kw_only=True, tag="job"):
     job: Job
 
 
+class JobEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One job event in a :class:`JobUpdates`: what a :class:`JobUpdate` carries but ``sub``."""
+
+    seq: int
+    job: Job
+
+
+# What a JobUpdates carries: JobEntry for a reader; the server sends each entry already encoded
+# (msgspec.Raw), once per event and frame format for all its subscribers.
+E = TypeVar("E")
+
+
+class JobUpdates(_Event, Generic[E], frozen=True, kw_only=True, tag="jobs"):
+    """Several job events in one frame, in ``seq`` order (at most :data:`MAX_BATCH_EVENTS`).
+
+    Only for a subscription opened with ``batch``: the events already waiting for it when it
+    sends go out together, so a busy server costs each subscriber few frames.  A lone event still
+    comes as a :class:`JobUpdate`.  Read it as ``JobUpdates[JobEntry]``.
+    """
+
+    events: list[E]
+
+
 class LogChunk(_Event, frozen=True, kw_only=True, tag="log"):
     """Bytes of a job's log (stdout and stderr), starting at byte ``offset`` of the log."""
 
@@ -216,5 +243,7 @@ class MetricPoints(_Event, frozen=True, kw_only=True, tag="metric"):
 
 # Points in one metric event: a burst is split so that no frame grows past about 400 KB.
 MAX_EVENT_POINTS = 5000
+# Job events in one JobUpdates frame (the server also splits one that would pass about 512 KB).
+MAX_BATCH_EVENTS = 500
 
 Event = JobUpdate | LogChunk | LogEnd | MetricPoints

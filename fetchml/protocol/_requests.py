@@ -79,6 +79,8 @@ class SubscribeOp(_Op, frozen=True, kw_only=True, tag="subscribe"):
 
     ``logs`` (with ``job_id``) also streams the job's log from byte ``offset``; ``metrics``
     (with ``job_id``) the metric points the server stores from now on (:class:`MetricPoints`).
+    ``batch``: job events that wait for the subscriber together come in one ``jobs`` frame
+    (:class:`JobUpdates`) rather than one ``job`` frame each; log and metric events are the same.
     """
 
     job_id: JobIdArg | None = None
@@ -86,6 +88,7 @@ class SubscribeOp(_Op, frozen=True, kw_only=True, tag="subscribe"):
     logs: bool = False
     offset: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
     metrics: bool = False
+    batch: bool = False
 
 
 class UnsubscribeOp(_Op, frozen=True, kw_only=True, tag="unsubscribe"):
