@@ -22,7 +22,10 @@ import msgspec
 from .errors import InvalidRequestError, InvalidSpecError
 
 __all__ = [
+    "MAX_DATASETS",
     "TERMINAL_STATES",
+    "DatasetName",
+    "DatasetRef",
     "GitInfo",
     "Job",
     "JobEvent",
@@ -33,6 +36,7 @@ __all__ = [
     "StatusReport",
     "check_name",
     "check_spec",
+    "dataset_env_name",
     "decode_spec_json",
     "spec_problem",
     "surrogate_path",
@@ -134,6 +138,34 @@ class Provenance(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     git: GitInfo | None = None
 
 
+# A registered dataset's name, and a spec's reference to one: ``NAME`` (its latest version at
+# submit) or ``NAME@VERSION``.
+DATASET_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+DatasetName = Annotated[str, msgspec.Meta(pattern=f"^{DATASET_NAME}$")]
+DatasetUse = Annotated[str, msgspec.Meta(pattern=f"^{DATASET_NAME}(@[1-9][0-9]{{0,8}})?$")]
+MAX_DATASETS = 32
+
+
+class DatasetRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A dataset as a job uses it: the registered version its spec's name resolved to at submit
+    (where it lives and its hash; Fetch ML records datasets, it does not copy them)."""
+
+    name: DatasetName
+    version: Annotated[int, msgspec.Meta(ge=1, le=999_999_999)]
+    uri: Text
+    sha256: Sha256 | None = None
+
+    @property
+    def env_name(self) -> str:
+        """The variable that gives the job the dataset's URI."""
+        return dataset_env_name(self.name)
+
+
+def dataset_env_name(name: str) -> str:
+    """``FETCHML_DATASET_<NAME>``: upper case, every character but letters and digits ``_``."""
+    return "FETCHML_DATASET_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A job as submitted.
 
@@ -142,7 +174,10 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     id) the job runs in a private working copy of that snapshot and ``cwd`` is a folder inside
     it (relative; the copy's root by default).  ``requeued_from`` names the job this one repeats.
     ``hypothesis``, ``intent`` and ``expected_outcome`` are the research narrative, kept with the
-    run's metrics (its outcome is recorded after the run).
+    run's metrics (its outcome is recorded after the run).  ``datasets`` names registered
+    datasets (``NAME`` or ``NAME@VERSION``); the server resolves them at submit into
+    ``dataset_refs`` (whatever a client put there is replaced), which the job gets as
+    ``FETCHML_DATASET_<NAME>`` and its run manifest records.
     """
 
     command: list[str] | str
@@ -167,6 +202,12 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     hypothesis: Narrative | None = None
     intent: Narrative | None = None
     expected_outcome: Narrative | None = None
+    datasets: Annotated[list[DatasetUse], msgspec.Meta(max_length=MAX_DATASETS)] = msgspec.field(
+        default_factory=list
+    )
+    dataset_refs: Annotated[list[DatasetRef], msgspec.Meta(max_length=MAX_DATASETS)] = (
+        msgspec.field(default_factory=list)
+    )
 
     def argv(self) -> list[str]:
         """The argv the executor starts (``/bin/sh -c`` for shell jobs)."""
@@ -407,6 +448,14 @@ def check_spec(spec: JobSpec) -> JobSpec:
             raise InvalidSpecError(f"env: invalid variable name {key!r}", field=field)
     if len(set(spec.depends_on)) != len(spec.depends_on):
         raise InvalidSpecError("depends_on: lists a job twice", field="depends_on")
+    names = [dataset_env_name(use.split("@")[0]) for use in spec.datasets]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise InvalidSpecError(
+                f"datasets[{index}]: names a dataset twice (or one whose variable {name} "
+                "another already sets)",
+                field=f"datasets[{index}]",
+            )
     if spec.snapshot is not None and spec.cwd is not None:
         _check_snapshot_cwd(spec.cwd)
     return spec

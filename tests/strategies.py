@@ -45,6 +45,8 @@ FIELDS = (
     "depends_on",
     "tags",
     "experiment",
+    "datasets",
+    "dataset_refs",
 )
 RESOURCE_FIELDS = ("cpus", "memory_mb", "gpus")
 # Ops of the WebSocket protocol, but ``auth``: a failed auth op closes the connection (4001).

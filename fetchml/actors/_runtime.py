@@ -30,6 +30,7 @@ from .._models import (
     check_spec,
     validate_spec,
 )
+from ..datasets import DatasetRegistry, Datasets
 from ..errors import (
     FetchMLError,
     InvalidRequestError,
@@ -106,6 +107,7 @@ class Scheduler:
         snapshots: Snapshots,
         tracking: TrackingStore,
         feed: MetricFeed,
+        datasets: Datasets,
     ) -> None:
         self.config = config
         self._store = store
@@ -114,6 +116,7 @@ class Scheduler:
         self.snapshots = snapshots
         self.tracking = tracking
         self._feed = feed
+        self.datasets = datasets
 
     async def submit(self, spec: JobSpec | Mapping[str, Any], *, user: str) -> Job:
         """Queue a job for ``user``; returns it once it is durably stored.
@@ -139,6 +142,7 @@ class Scheduler:
         _check_user(user)
         if spec.snapshot is not None:
             await self.snapshots.usable(spec.snapshot, user, any_owner=visible is None)
+        spec = await self.datasets.resolve(spec)
         reply = await call(self._inbox, Submit(spec=spec, user=user, visible_owners=visible))
         return _job_of(reply)
 
@@ -330,15 +334,17 @@ class Runtime:
     pool: Pool
     snapshots: Snapshots
     tracking: TrackingStore
+    datasets: Datasets
     problem: str | None = None
     gpu_names: dict[int, tuple[str, str]] = field(default_factory=dict)
     feed: MetricFeed = field(default_factory=MetricFeed)
 
     def close(self) -> None:
-        """Close what the runtime opened (the snapshot registry, the tracking store).  Blocks
-        briefly."""
+        """Close what the runtime opened (the snapshot and dataset registries, the tracking
+        store).  Blocks briefly."""
         self.snapshots.close()
         self.tracking.close()
+        self.datasets.close()
 
 
 async def prepare_runtime(config: Config) -> Runtime:
@@ -354,18 +360,29 @@ async def prepare_runtime(config: Config) -> Runtime:
         config,
         lambda: Snapshots(config.data_path, config.snapshots, synchronous=config.store.synchronous),
     )
+    synchronous = config.store.synchronous
     try:
         tracking = await _open_store(
             "the tracking store",
             config,
-            lambda: TrackingStore(config.data_path, synchronous=config.store.synchronous),
+            lambda: TrackingStore(config.data_path, synchronous=synchronous),
         )
     except BaseException:
         snapshots.close()
         raise
+    try:
+        registry = await _open_store(
+            "the dataset registry",
+            config,
+            lambda: DatasetRegistry(config.data_path, synchronous=synchronous),
+        )
+    except BaseException:
+        snapshots.close()
+        tracking.close()
+        raise
     names = await trio.to_thread.run_sync(gpu_inventory) if pool.gpu_ids else {}
     problem = None if capacity is None else capacity.problem
-    return Runtime(backend, pool, snapshots, tracking, problem, names)
+    return Runtime(backend, pool, snapshots, tracking, Datasets(registry), problem, names)
 
 
 async def _open_store(what: str, config: Config, open_it: Callable[[], T]) -> T:
@@ -428,6 +445,7 @@ async def serve_actors(
                 runtime.snapshots,
                 runtime.tracking,
                 runtime.feed,
+                runtime.datasets,
             )
         )
 

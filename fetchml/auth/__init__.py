@@ -39,6 +39,7 @@ from ._keys import (
 from ._permissions import (
     ALL_PERMISSIONS,
     BUILTIN_ROLES,
+    DATASETS_WRITE,
     JOBS_CREATE,
     JOBS_READ,
     JOBS_READ_ALL,
@@ -58,6 +59,7 @@ __all__ = [
     "AUTH_REQUIRED",
     "BCRYPT_THREADS",
     "BUILTIN_ROLES",
+    "DATASETS_WRITE",
     "DEFAULT_ROUNDS",
     "EXPIRED_KEY",
     "INVALID_KEY",

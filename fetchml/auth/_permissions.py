@@ -9,6 +9,7 @@ from typing import Final
 __all__ = [
     "ALL_PERMISSIONS",
     "BUILTIN_ROLES",
+    "DATASETS_WRITE",
     "JOBS_CREATE",
     "JOBS_READ",
     "JOBS_READ_ALL",
@@ -26,9 +27,18 @@ JOBS_READ_ALL: Final = "jobs:read:all"
 JOBS_UPDATE: Final = "jobs:update"
 JOBS_UPDATE_ALL: Final = "jobs:update:all"
 STATUS_READ: Final = "status:read"
+DATASETS_WRITE: Final = "datasets:write"  # register datasets (reading them needs a jobs read)
 
 ALL_PERMISSIONS: Final[frozenset[str]] = frozenset(
-    {JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, JOBS_UPDATE, JOBS_UPDATE_ALL, STATUS_READ}
+    {
+        JOBS_CREATE,
+        JOBS_READ,
+        JOBS_READ_ALL,
+        JOBS_UPDATE,
+        JOBS_UPDATE_ALL,
+        STATUS_READ,
+        DATASETS_WRITE,
+    }
 )
 
 ROLE_ADMIN: Final = "admin"
@@ -38,7 +48,9 @@ ROLE_ANALYST: Final = "analyst"
 BUILTIN_ROLES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {
         ROLE_ADMIN: ALL_PERMISSIONS,
-        ROLE_RESEARCHER: frozenset({JOBS_CREATE, JOBS_READ, JOBS_UPDATE, STATUS_READ}),
+        ROLE_RESEARCHER: frozenset(
+            {JOBS_CREATE, JOBS_READ, JOBS_UPDATE, STATUS_READ, DATASETS_WRITE}
+        ),
         ROLE_ANALYST: frozenset({JOBS_READ_ALL, STATUS_READ}),
     }
 )

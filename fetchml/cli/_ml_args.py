@@ -204,6 +204,7 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     _status_parser(commands)
     _files_parsers(commands)
     _tracking_parsers(commands)
+    _dataset_parser(commands)
     cancel = _command(commands, "cancel", "cancel jobs (queued or running)")
     cancel.add_argument("jobs", nargs="+", type=job_id, metavar="JOB")
     logs = _command(commands, "logs", "print a job's output (stdout and stderr)")
@@ -283,6 +284,12 @@ def _job_options(queue: argparse.ArgumentParser) -> None:
         help="set K (repeatable; K alone passes your value)",
     )
     add("--experiment", metavar="NAME", help="experiment the job belongs to")
+    add(
+        "--dataset",
+        action="append",
+        metavar="NAME[@VERSION]",
+        help="a registered dataset the job uses (repeatable; FETCHML_DATASET_<NAME>)",
+    )
     add("--hypothesis", metavar="TEXT", help="what the run is to show (kept with its metrics)")
     add("--intent", metavar="TEXT", help="why the run is made")
     add("--expected-outcome", metavar="TEXT", help="what you expect it to show")
@@ -340,6 +347,34 @@ def _tracking_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     outcome = _command(commands, "outcome", "record what a run showed")
     outcome.add_argument("job", type=job_id, metavar="JOB")
     outcome.add_argument("text", metavar="TEXT")
+
+
+def _dataset_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dataset register``, ``dataset list`` and ``dataset info``."""
+    dataset = commands.add_parser(
+        "dataset",
+        help="register datasets and list them (records only: the data stays where it is)",
+        description="Register datasets (where each lives, its hash) and list them; a job\n"
+        "names them with ml queue --dataset NAME[@VERSION] and gets FETCHML_DATASET_<NAME>.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = dataset.add_subparsers(dest="action", metavar="ACTION", required=True)
+    register = actions.add_parser(
+        "register", help="register NAME at URI (again: a new version)", description=None
+    )
+    _common(register, top=False)
+    register.set_defaults(handler="dataset_register")
+    register.add_argument("name", metavar="NAME")
+    register.add_argument("uri", metavar="URI", help="scheme://... or an absolute path")
+    register.add_argument("--sha256", metavar="HEX", help="the data's SHA-256 (64 hex digits)")
+    register.add_argument("--description", metavar="TEXT", help="what the data is")
+    listing = actions.add_parser("list", help="every dataset with its latest version")
+    _common(listing, top=False)
+    listing.set_defaults(handler="dataset_list")
+    info = actions.add_parser("info", help="every version of one dataset")
+    _common(info, top=False)
+    info.set_defaults(handler="dataset_info")
+    info.add_argument("name", metavar="NAME")
 
 
 def _status_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -44,6 +44,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
         "env": dict(args.env) if args.env else None,
         "cwd": os.path.abspath(args.cwd) if getattr(args, "cwd", None) else None,
         "experiment": args.experiment,
+        "datasets": getattr(args, "dataset", None),
         "hypothesis": args.hypothesis,
         "intent": args.intent,
         "expected_outcome": args.expected_outcome,
@@ -102,6 +103,9 @@ async def requeue(client: Client, args: argparse.Namespace, out: Output) -> int:
         changes.pop("shell", None)
     elif not args.shell:
         spec["shell"] = False
+    if "datasets" not in changes and original.spec.dataset_refs:
+        # The same data as the original run, even if a dataset has a newer version now.
+        spec["datasets"] = [f"{ref.name}@{ref.version}" for ref in original.spec.dataset_refs]
     spec.update(changes, requeued_from=original.id)
     job = await client.submit(spec)
     if not out.json:

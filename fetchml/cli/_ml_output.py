@@ -268,6 +268,7 @@ def spec_lines(spec: JobSpec) -> list[tuple[str, str]]:
         ("after", ", ".join(str(j) for j in spec.depends_on)),
         ("tags", ", ".join(spec.tags)),
         ("experiment", spec.experiment),
+        ("datasets", ", ".join(f"{r.name}@{r.version} {r.uri}" for r in spec.dataset_refs)),
         ("env", " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))),
         ("snapshot", spec.snapshot),
         ("git", _git_line(spec)),

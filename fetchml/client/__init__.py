@@ -26,6 +26,9 @@
 from fetchml._models import StatusReport as ServerStatus
 from fetchml.protocol import (
     Buckets,
+    DatasetBody,
+    DatasetInfo,
+    DatasetVersion,
     Event,
     ExperimentInfo,
     ExperimentsBody,
@@ -73,6 +76,9 @@ __all__ = [
     "Buckets",
     "Client",
     "ConnectionLostError",
+    "DatasetBody",
+    "DatasetInfo",
+    "DatasetVersion",
     "Event",
     "ExperimentInfo",
     "ExperimentsBody",

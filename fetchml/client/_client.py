@@ -35,17 +35,20 @@ from fetchml.errors import (
 )
 from fetchml.protocol import (
     Buckets,
+    DatasetBody,
+    DatasetInfo,
     ExperimentsBody,
     FilesBody,
     OutcomeBody,
     PruneReport,
     PruneRequest,
     RawPage,
+    RegisterDataset,
     RunInfo,
     RunsBody,
 )
 
-from . import _artifacts, _tracking
+from . import _artifacts, _datasets, _tracking
 from ._errors import ConnectionLostError
 from ._frames import FrameDecoder, encode_request
 from ._http import HttpSession
@@ -285,6 +288,23 @@ class Client:
             ]
 
         return await self._over_http(run)
+
+    # --- datasets (HTTP) ------------------------------------------------------------------------
+
+    async def register_dataset(
+        self, name: str, uri: str, *, sha256: str | None = None, description: str | None = None
+    ) -> DatasetBody:
+        """Register a dataset, or a new version of one; returns every version, newest first."""
+        asked = RegisterDataset(name=name, uri=uri, sha256=sha256, description=description)
+        return await self._over_http(lambda http: _datasets.register(http, asked))
+
+    async def datasets(self) -> builtins.list[DatasetInfo]:
+        """Every registered dataset with its latest version."""
+        return (await self._over_http(_datasets.datasets)).datasets
+
+    async def dataset(self, name: str) -> DatasetBody:
+        """Every version of dataset ``name``, newest first."""
+        return await self._over_http(lambda http: _datasets.dataset(http, name))
 
     # --- experiment tracking (HTTP) -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from .._faults import report_internal_error
 from ..actors import INTERNAL_MESSAGE
 from ..errors import AuthError, FetchMLError, InternalError, RateLimitedError
 from ..protocol import CLOSE_INTERNAL_ERROR, ErrorBody, ErrorEnvelope
+from ._datasets import register_datasets
 from ._files import register_files
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
@@ -51,6 +52,7 @@ def create_app(
     register_snapshots(app, service)
     register_files(app, service)
     register_tracking(app, service)
+    register_datasets(app, service)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:

@@ -19,6 +19,10 @@ from .._models import Job, JobSpec, StatusReport
 from ..artifacts import Gpu, OutputFile, RunManifest, SnapshotRef, Validation
 from ..protocol import (
     Buckets,
+    DatasetBody,
+    DatasetInfo,
+    DatasetsBody,
+    DatasetVersion,
     ErrorBody,
     ErrorEnvelope,
     ExperimentInfo,
@@ -34,6 +38,7 @@ from ..protocol import (
     PruneReport,
     PruneRequest,
     RawPage,
+    RegisterDataset,
     RunInfo,
     RunRow,
     RunsBody,
@@ -64,6 +69,7 @@ from ._openapi_common import (
     query_param,
     schema_ref,
 )
+from ._openapi_datasets import dataset_paths
 from ._openapi_files import file_paths, manifest_rules, snapshot_paths
 from ._openapi_tracking import tracking_paths
 
@@ -278,6 +284,7 @@ def _paths() -> dict[str, Any]:
         **snapshot_paths(),
         **file_paths(),
         **tracking_paths(),
+        **dataset_paths(),
     }
 
 
@@ -341,10 +348,21 @@ def openapi_document() -> dict[str, Any]:
         RunRow,
         RunsBody,
         OutcomeBody,
+        # Datasets (``_datasets.py``).
+        DatasetBody,
+        DatasetsBody,
+        DatasetInfo,
+        DatasetVersion,
     ]
     # Request bodies (``Manifest`` is also what ``GET /api/v1/snapshots/{id}`` sends, every
     # field: ``StoredManifest``; its entries have no defaults).
-    requests: list[type[msgspec.Struct]] = [JobSpec, Manifest, PruneRequest, OutcomeRequest]
+    requests: list[type[msgspec.Struct]] = [
+        JobSpec,
+        Manifest,
+        PruneRequest,
+        OutcomeRequest,
+        RegisterDataset,
+    ]
     (_, components) = msgspec.json.schema_components(
         [*requests, *responses], ref_template="#/components/schemas/{name}"
     )

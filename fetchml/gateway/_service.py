@@ -21,14 +21,22 @@ from .._config import LimitsSettings
 from .._models import Job, JobSpec, JobState, text_problem
 from ..actors import Scheduler, StatusReport, Subscription
 from ..audit import AuditLog
-from ..auth import JOBS_CREATE, JOBS_READ, JOBS_READ_ALL, STATUS_READ, AuthActor, Principal
+from ..auth import (
+    DATASETS_WRITE,
+    JOBS_CREATE,
+    JOBS_READ,
+    JOBS_READ_ALL,
+    STATUS_READ,
+    AuthActor,
+    Principal,
+)
 from ..errors import (
     AuthError,
     JobNotFoundError,
     PermissionDeniedError,
     RateLimitedError,
 )
-from ..protocol import Identity
+from ..protocol import DatasetBody, DatasetInfo, Identity, RegisterDataset
 from ..tracking import MetricWatch
 from ._context import source_address
 from ._limits import AddressGuard, Limits
@@ -204,6 +212,28 @@ class Service:
         )
         await self.record("submit", user=who.user, job_id=job.id)  # before the acknowledgement
         return job
+
+    async def register_dataset(self, who: Principal, asked: RegisterDataset) -> DatasetBody:
+        """Register ``asked`` (a new dataset, or a new version of one) as ``who``.  Raises
+        PermissionDeniedError, InvalidRequestError (the URI), ConflictError (the name)."""
+        async with self._refusals("dataset_register", who):
+            who.require(DATASETS_WRITE)
+        body = await self.scheduler.datasets.register(asked, who.user)
+        await self.record("dataset_register", user=who.user)
+        return body
+
+    async def datasets(self, who: Principal) -> list[DatasetInfo]:
+        """Every registered dataset (any user who may read jobs sees them all: they are shared
+        records, not data).  Raises PermissionDeniedError."""
+        async with self._refusals("datasets", who):
+            self._require_some_read(who)
+        return await self.scheduler.datasets.datasets()
+
+    async def dataset(self, who: Principal, name: str) -> DatasetBody:
+        """Every version of dataset ``name``.  Raises PermissionDeniedError, NotFoundError."""
+        async with self._refusals("datasets", who):
+            self._require_some_read(who)
+        return await self.scheduler.datasets.info(name)
 
     async def get(self, who: Principal, job_id: int) -> Job:
         """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""

@@ -8,6 +8,7 @@ the same structs.
 
 from typing import Final
 
+from ._datasets import DatasetBody, DatasetInfo, DatasetsBody, DatasetVersion, RegisterDataset
 from ._errors import ErrorBody
 from ._replies import (
     MAX_BATCH_EVENTS,
@@ -94,6 +95,10 @@ __all__ = [
     "Buckets",
     "CancelOp",
     "Codec",
+    "DatasetBody",
+    "DatasetInfo",
+    "DatasetVersion",
+    "DatasetsBody",
     "ErrorBody",
     "ErrorEnvelope",
     "ErrorReply",
@@ -124,6 +129,7 @@ __all__ = [
     "PruneReport",
     "PruneRequest",
     "RawPage",
+    "RegisterDataset",
     "Reply",
     "Request",
     "RunInfo",

@@ -13,9 +13,14 @@ from typing import Generic, TypeVar
 from ..._config import SchedulerSettings
 from ..._models import Job
 
-__all__ = ["Backend", "Capacity", "Ended"]
+__all__ = ["Backend", "Capacity", "Ended", "dataset_env"]
 
 R = TypeVar("R")
+
+
+def dataset_env(job: Job) -> dict[str, str]:
+    """``FETCHML_DATASET_<NAME>`` = the URI of each dataset the job's spec resolved to."""
+    return {ref.env_name: ref.uri for ref in job.spec.dataset_refs}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import trio
 
 from ..._models import Job
 from ...errors import JobStartError
-from ._base import Backend, Ended
+from ._base import Backend, Ended, dataset_env
 
 __all__ = ["LocalBackend", "LocalRun", "job_dir", "log_path", "track_path", "work_dir"]
 
@@ -160,6 +160,7 @@ class LocalBackend(Backend[LocalRun]):
         env["FETCHML_ATTEMPT"] = str(job.attempts)
         env["FETCHML_OUTPUT_DIR"] = str(output)
         env["FETCHML_TRACK_FILE"] = str(track_path(self._data_dir, job.id))
+        env.update(dataset_env(job))
         if job.spec.snapshot is not None:
             env["FETCHML_SNAPSHOT_ID"] = job.spec.snapshot
             # The project's root on the import path, as an editable install of it would be, so

@@ -39,7 +39,7 @@ from ..._config import RaySettings
 from ..._models import Job, JobSpec
 from ...artifacts import UPLOADER, new_run_token
 from ...errors import BackendUnavailableError, ConfigError, JobStartError
-from ._base import Backend, Capacity, Ended
+from ._base import Backend, Capacity, Ended, dataset_env
 from ._local import job_dir, log_path, work_dir
 from ._ray_client import (
     RayClient,
@@ -251,6 +251,7 @@ class RayBackend(Backend[RayRun]):
     def _submission(self, job: Job, run: RayRun) -> Submission:
         spec = job.spec
         env = {**spec.env, "FETCHML_JOB_ID": str(job.id), "FETCHML_ATTEMPT": str(job.attempts)}
+        env.update(dataset_env(job))
         working_dir = None
         if spec.snapshot is not None:
             env["FETCHML_SNAPSHOT_ID"] = spec.snapshot
