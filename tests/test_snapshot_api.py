@@ -40,7 +40,7 @@ from helpers.snapshots import (
 import fetchml
 from fetchml.client import connect
 from fetchml.errors import InvalidSpecError, QuotaExceededError, TooLargeError
-from fetchml.snapshots import FileEntry, Manifest, scan_tree, snapshot_id
+from fetchml.snapshots import FileEntry, Manifest, SnapshotError, scan_tree, snapshot_id
 
 RNG = random.Random(20240601)
 LARGE = RNG.randbytes(200_000)  # more than a quarter of a part: sent in parts
@@ -777,3 +777,30 @@ async def test_queueing_from_a_folder_of_ignored_files_still_runs_there(
             job = await client.submit({"command": ["pwd"], **snap.spec_fields()})
             done = await client.wait(job.id)
     assert done.state == "succeeded"
+
+
+@pytest.mark.parametrize("size", [5_000, 3 * PART_BYTES + 7], ids=["packed", "in parts"])
+async def test_a_file_that_changes_while_being_sent_is_named(
+    data_dir: Path, users: Users, tmp_path: Path, size: int
+) -> None:
+    """The scan trusted its hash cache (same size, mtime, inode) but the file's bytes changed
+    since: the client names the file instead of the server refusing an anonymous blob."""
+    project = tmp_path / "proj"
+    write_tree(project, {"run.log": RNG.randbytes(size), "train.py": "t"})
+    log = project / "run.log"
+    old = log.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(log, ns=(old, old))
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "fetchml" / "hashes"
+    scan_tree(project, cache_dir=cache)  # what the last queue of this project left
+    with log.open("r+b") as handle:  # same size, same inode: the cache still matches
+        handle.write(RNG.randbytes(64))
+    os.utime(log, ns=(old, old))
+    with trio.fail_after(60):
+        async with (
+            serve(server_config(data_dir, users, max_bytes=10_000_000)) as base,
+            connect(base, users.alice) as client,
+        ):
+            with pytest.raises(SnapshotError, match=r"run\.log changed while the project was"):
+                await client.snapshot(project)
+            alive = await client.whoami()
+    assert alive.user == "alice"

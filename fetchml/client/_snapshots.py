@@ -10,6 +10,7 @@ at once.  Memory stays bounded by two parts.  Blocking: async callers run it in 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 import queue
 import socket
@@ -212,8 +213,15 @@ def _send_unit(
     if unit.total:
         (sha256,) = unit.blobs
         offset, sent, restarted = unit.offset, 0, False
+        # Hashed as it is read (when sent from its start), so that a file that changed since
+        # the scan is named before its last part, not refused by the server as a blob.
+        digest = hashlib.sha256() if offset == 0 else None
         while offset < unit.total:
             data = _read(sources[sha256], offset, part_bytes)
+            if digest is not None:
+                digest.update(data)
+                if offset + len(data) >= unit.total:
+                    _check_unchanged(sources[sha256], sha256, digest.hexdigest())
             path = f"/api/v1/blobs/{sha256}?offset={offset}&total={unit.total}"
             try:
                 offset = session.call("PUT", path, _Have, body=data).have
@@ -222,14 +230,26 @@ def _send_unit(
                 # start it again, once.
                 if exc.field != "offset" or restarted:
                     raise
-                offset, restarted = 0, True
+                offset, restarted, digest = 0, True, hashlib.sha256()
             sent += len(data)
         return sent
     chunks: list[bytes] = []
     for sha256 in unit.blobs:
         content = _read(sources[sha256])
+        _check_unchanged(sources[sha256], sha256, hashlib.sha256(content).hexdigest())
         chunks.append(f"{sha256} {len(content)}\n".encode())
         chunks.append(content)
     body = b"".join(chunks)
     session.call("POST", "/api/v1/blobs", _Stored, body=body)
     return len(body)
+
+
+def _check_unchanged(source: Path | bytes, sha256: str, read: str) -> None:
+    """Raise :class:`SnapshotError` naming the file if what was read is not what was scanned
+    (a log being written, a checkpoint being saved)."""
+    if read != sha256:
+        what = str(source) if isinstance(source, Path) else "the git diff"
+        raise SnapshotError(
+            f"{what} changed while the project was being snapshotted; queue again once it is "
+            "still, or leave it out (.fetchmlignore)"
+        )
