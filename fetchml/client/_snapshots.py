@@ -224,7 +224,10 @@ def _send_unit(
                     _check_unchanged(sources[sha256], sha256, digest.hexdigest())
             path = f"/api/v1/blobs/{sha256}?offset={offset}&total={unit.total}"
             try:
-                offset = session.call("PUT", path, _Have, body=data).have
+                have = session.call("PUT", path, _Have, body=data).have
+                if have != offset + len(data):
+                    digest = None  # another client sent the bytes between: not read here
+                offset = have
             except InvalidRequestError as exc:
                 # The server lost what it had of the blob (a prune of abandoned uploads):
                 # start it again, once.
