@@ -7,6 +7,10 @@
 ``jobs:update:all``).  A job's files have the job's visibility: a job the caller may not see is
 "not found", and so is any path that is not inside the job's output folder (``..``, absolute,
 a symlink anywhere on the way).
+
+A run elsewhere (a Ray node) writes with its run token instead of an API key: ``PUT
+/api/v1/jobs/{id}/results`` (its outputs, once it ends) and ``PUT /api/v1/jobs/{id}/track``
+(its metrics' lines, while it runs).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import trio
 from quart import Quart, Response, request
 from werkzeug.http import parse_range_header
 
-from .._models import describe_validation_error
-from ..actors.backends import job_dir
+from .._models import JobState, describe_validation_error
+from ..actors.backends import job_dir, track_path
 from ..artifacts import (
     OutsideError,
     RunManifest,
@@ -36,14 +40,22 @@ from ..artifacts import (
     validate_run,
 )
 from ..auth import JOBS_UPDATE_ALL
-from ..errors import AuthError, InvalidRequestError, NotFoundError
-from ..protocol import FilesBody, PruneRequest
+from ..errors import (
+    AuthError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    TooLargeError,
+)
+from ..protocol import ErrorBody, ErrorEnvelope, FilesBody, PruneRequest
+from ..tracking import TRACK_SIZE_HEADER, append_track
 from ._http import caller, int_arg, json_response, request_struct
 from ._service import Service
 
 __all__ = ["register_files"]
 
 _CHUNK = 256 * 1024
+RUN_TOKEN_HEADER = "X-Fetchml-Run-Token"
 
 
 def _integral(value: object) -> object:
@@ -117,7 +129,7 @@ def register_files(app: Quart, service: Service) -> None:
         # The token first: who has none learns nothing of the parameters.
         attempt = int_arg("attempt", None, low=1, high=2**31) or 0
         folder = job_dir(data_dir, job_id)
-        token = request.headers.get("X-Fetchml-Run-Token", "")
+        token = request.headers.get(RUN_TOKEN_HEADER, "")
         if not await trio.to_thread.run_sync(check_run_token, folder, attempt, token):
             raise AuthError("invalid run token")
         total = int_arg("total", None, low=0, high=2**62)
@@ -128,6 +140,8 @@ def register_files(app: Quart, service: Service) -> None:
         assert isinstance(body, bytes)
         receive = functools.partial(receive_results, folder, attempt, offset, total, body)
         return json_response({"have": await trio.to_thread.run_sync(receive)})
+
+    _register_track(app, service, data_dir)
 
     @app.post("/api/v1/prune")
     async def prune() -> Response:
@@ -148,6 +162,47 @@ def register_files(app: Quart, service: Service) -> None:
         if not asked.dry_run:
             await service.record("prune", user=who.user)
         return json_response(report)
+
+
+def _register_track(app: Quart, service: Service, data_dir: Path) -> None:
+    """Add ``PUT /api/v1/jobs/{id}/track``: the metrics' lines of a run elsewhere (a Ray node,
+    :data:`~fetchml.tracking.TRACK_SENDER`), appended to the job's track file."""
+    scheduler = service.scheduler
+
+    @app.put("/api/v1/jobs/<int:job_id>/track")
+    async def job_track(job_id: int) -> Response:
+        # As for results: the run's token first, so who has none learns nothing of the job.
+        attempt = int_arg("attempt", None, low=1, high=2**31) or 0
+        token = request.headers.get(RUN_TOKEN_HEADER, "")
+        folder = job_dir(data_dir, job_id)
+        if not await trio.to_thread.run_sync(check_run_token, folder, attempt, token):
+            raise AuthError("invalid run token")
+        job = await scheduler.get(job_id)
+        if job.state is not JobState.RUNNING:
+            raise ConflictError(f"job {job_id} is {job.state.value}: it takes no more metrics")
+        if attempt != job.attempts:
+            raise ConflictError(
+                f"attempt {attempt} is not job {job_id}'s current one ({job.attempts})"
+            )
+        offset = int_arg("offset", None, low=0, high=2**62)
+        if offset is None:
+            raise InvalidRequestError("offset: required (the size the server has)", field="offset")
+        body = await request.get_data(as_text=False)
+        assert isinstance(body, bytes)
+        limit = scheduler.config.snapshots.part_bytes
+        if len(body) > limit:
+            raise TooLargeError(f"body: more than the upload part size ({limit} bytes)")
+        append = functools.partial(append_track, track_path(data_dir, job_id), offset, body)
+        appended, size = await trio.to_thread.run_sync(append)
+        if appended:
+            response = json_response({"have": size})
+        else:
+            refusal = ConflictError(
+                f"offset: the server has {size} bytes of this job's metrics: send from there"
+            )
+            response = json_response(ErrorEnvelope(error=ErrorBody.of(refusal)), status=409)
+        response.headers[TRACK_SIZE_HEADER] = str(size)
+        return response
 
 
 def _file_response(fd: int, size: int) -> Response:

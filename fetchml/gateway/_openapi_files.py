@@ -9,6 +9,7 @@ import msgspec
 
 from .._config import SnapshotSettings
 from ..snapshots import FileEntry, Manifest
+from ..tracking import TRACK_SIZE_HEADER
 from ._openapi_common import (
     ADDRESS_REFUSED,
     BAD_JOB_ID,
@@ -22,6 +23,7 @@ from ._openapi_common import (
     NO_SUCH_JOB,
     OCTETS,
     SHA256_PATTERN,
+    STOPPING,
     as_sent,
     error_response,
     header,
@@ -459,6 +461,7 @@ def file_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/jobs/{job_id}/track": _track_path(),
         "/api/v1/prune": {
             "post": {
                 "operationId": "prune",
@@ -493,6 +496,83 @@ def file_paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _track_path() -> dict[str, Any]:
+    """``PUT /api/v1/jobs/{job_id}/track``: a run elsewhere sends its metrics' lines."""
+    return {
+        "put": {
+            "operationId": "sendJobMetrics",
+            "summary": "A run elsewhere (a Ray node) sends the lines of its track file",
+            "description": (
+                "Authenticated by the run's token (`X-Fetchml-Run-Token`), not by an API key: it "
+                "writes this one run's metrics and nothing else, while the job runs, for its "
+                "current attempt only.  The body (whole lines of the line protocol, at most the "
+                "upload part size) is appended to the job's track file only if `offset` is that "
+                "file's size; else nothing is stored and the answer (409) says the size to send "
+                "from, so a retried part is never stored twice.  An empty body asks for the size."
+            ),
+            "security": [],
+            "parameters": [
+                JOB_ID,
+                header("the run's token", {"type": "string"}, required=True)
+                | {"name": "X-Fetchml-Run-Token", "in": "header"},
+                query_param(
+                    "attempt",
+                    {"type": "integer", "minimum": 1, "maximum": 2**31},
+                    "the run's attempt",
+                    required=True,
+                ),
+                query_param(
+                    "offset",
+                    {"type": "integer", "minimum": 0, "maximum": 2**62},
+                    "the size of the job's track file the run knows: where these lines go",
+                    required=True,
+                ),
+            ],
+            "requestBody": {
+                "required": False,
+                "description": "lines of the line protocol, the last one ending with a newline",
+                "content": {OCTETS: {"schema": BYTES}},
+            },
+            "responses": _track_responses(),
+        }
+    }
+
+
+def _track_responses() -> dict[str, Any]:
+    """The answers of ``PUT /api/v1/jobs/{job_id}/track``: the size header where it helps."""
+    size = header(
+        "the bytes of the job's track file the server has: where the next part starts",
+        {"type": "integer", "minimum": 0},
+        required=True,
+    )
+    return {
+        "200": {
+            **ok_response(
+                "appended: the bytes of the track file the server now has",
+                schema_ref("BlobPart"),
+            ),
+            "headers": {TRACK_SIZE_HEADER: size},
+        },
+        "400": error_response(
+            "a parameter missing or out of range, or a body that does not end a line "
+            "(`invalid_request`, named in `field`)"
+        ),
+        "401": error_response("no run token, or not this run's (`unauthorized`)"),
+        "403": ADDRESS_REFUSED,
+        "404": NO_SUCH_JOB,
+        "408": BODY_TIMEOUT,
+        "409": error_response(
+            "`offset` is not the track file's size (nothing stored; the size is in "
+            f"`{TRACK_SIZE_HEADER}`), or the job is not running, or runs another attempt "
+            f"(`conflict`, without `{TRACK_SIZE_HEADER}`)",
+            {TRACK_SIZE_HEADER: {**size, "required": False}},
+        ),
+        "413": error_response("a body larger than the upload part size"),
+        "503": STOPPING,
+        "507": error_response("the server's disk is full (`storage_full`)"),
     }
 
 

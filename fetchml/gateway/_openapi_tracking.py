@@ -35,6 +35,16 @@ _BAD_QUERY = error_response(
 _NO_RUN = error_response("no such job, one the key may not see, or no such metric (`not_found`)")
 
 
+# What the route refuses besides the struct's types: a NUL in the outcome (it would end the text
+# in C APIs); the struct itself (``OutcomeRequest``) cannot say it.
+_OUTCOME_BODY = {
+    "allOf": [
+        schema_ref("OutcomeRequest"),
+        {"properties": {"outcome": {"pattern": "^[^\\u0000]*$"}}},
+    ]
+}
+
+
 def _job_routes() -> dict[str, Any]:
     return {
         "/api/v1/jobs/{job_id}/metrics": {
@@ -101,7 +111,7 @@ def _job_routes() -> dict[str, Any]:
                 "parameters": [JOB_ID],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": schema_ref("OutcomeRequest")}},
+                    "content": {"application/json": {"schema": _OUTCOME_BODY}},
                 },
                 "responses": {
                     "200": ok_response("recorded", schema_ref("OutcomeBody")),

@@ -35,7 +35,7 @@ _manifest_decoder = msgspec.json.Decoder(Manifest)
 def body_limit(path: str, settings: SnapshotSettings, default: int) -> int:
     """The largest request body the route at ``path`` takes."""
     if path.startswith("/api/v1/blobs") or (
-        path.startswith("/api/v1/jobs/") and path.endswith("/results")
+        path.startswith("/api/v1/jobs/") and path.endswith(("/results", "/track"))
     ):
         return settings.part_bytes + _PACK_OVERHEAD
     if path in ("/api/v1/snapshots", "/api/v1/snapshots/plan"):

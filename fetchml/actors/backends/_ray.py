@@ -39,6 +39,7 @@ from ..._config import RaySettings
 from ..._models import Job, JobSpec
 from ...artifacts import UPLOADER, new_run_token
 from ...errors import BackendUnavailableError, ConfigError, JobStartError
+from ...tracking import TRACK_FINAL_S, TRACK_SEND_S, TRACK_SENDER
 from ._base import Backend, Capacity, Ended, dataset_env
 from ._local import job_dir, log_path, work_dir
 from ._ray_client import (
@@ -82,9 +83,12 @@ def entrypoint(spec: JobSpec, results: bool = False) -> str:
     ``exec`` so that Ray's stop signal reaches the job itself; ``cd`` first when ``cwd`` is set
     (inside the snapshot's working copy, when the job has one, whose root goes on
     ``PYTHONPATH``).  With ``results`` the job runs
-    in a subshell with ``FETCHML_OUTPUT_DIR`` on the node, and when it ends its output folder is
-    sent to the server (:data:`~fetchml.artifacts.UPLOADER`, given in the environment with its
-    settings, :meth:`Results.env`) before the run's own exit status is returned.
+    in a subshell with ``FETCHML_OUTPUT_DIR`` and ``FETCHML_TRACK_FILE`` on the node, while
+    :data:`~fetchml.tracking.TRACK_SENDER` sends the track file's lines to the server; when the
+    job ends, the sender is told to send the rest (the ``.end`` file) and waited for, then the
+    output folder is sent (:data:`~fetchml.artifacts.UPLOADER`; both programs are given in the
+    environment with their settings, :meth:`Results.env`), and only then is the run's own exit
+    status returned: its metrics and outputs are in before the server hears that it ended.
     """
     command = "exec " + shlex.join(spec.argv())
     if spec.cwd:
@@ -97,7 +101,13 @@ def entrypoint(spec: JobSpec, results: bool = False) -> str:
     return (
         'FETCHML_OUTPUT_DIR="$PWD/.fetchml-output"; export FETCHML_OUTPUT_DIR; '
         'mkdir -p "$FETCHML_OUTPUT_DIR"; '
+        # A file of this run's own (two runs may share a node and a cwd), on the node's disk.
+        'FETCHML_TRACK_FILE=$(mktemp "${TMPDIR:-/tmp}/fetchml-track.XXXXXXXX") '
+        '|| FETCHML_TRACK_FILE="$PWD/.fetchml-track.jsonl"; export FETCHML_TRACK_FILE; '
+        'python3 -c "$FETCHML_TRACK_SENDER" & t=$!; '
         f"( {command} ); s=$?; "
+        ': > "$FETCHML_TRACK_FILE.end"; '
+        "wait $t || echo '[fetchml] some metrics could not be sent to the server' >&2; "
         'python3 -c "$FETCHML_UPLOADER" '
         "|| echo '[fetchml] the outputs could not be sent to the server' >&2; "
         "exit $s"
@@ -106,7 +116,7 @@ def entrypoint(spec: JobSpec, results: bool = False) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Results:
-    """Where a run on a node sends its outputs back, and the token that lets it."""
+    """Where a run on a node sends its metrics and outputs back, and the token that lets it."""
 
     url: str
     job_id: int
@@ -115,12 +125,16 @@ class Results:
     part_bytes: int
 
     def env(self) -> dict[str, str]:
-        """The environment the uploader reads (the token never goes on a command line)."""
+        """The environment the uploader and the track sender read (the token never goes on a
+        command line)."""
         return {
             "FETCHML_UPLOADER": UPLOADER,
+            "FETCHML_TRACK_SENDER": TRACK_SENDER,
             "FETCHML_RESULTS_URL": self.url,
             "FETCHML_RUN_TOKEN": self.token,
             "FETCHML_PART_BYTES": str(self.part_bytes),
+            "FETCHML_TRACK_SEND_S": str(TRACK_SEND_S),
+            "FETCHML_TRACK_FINAL_S": str(TRACK_FINAL_S),
         }
 
 
