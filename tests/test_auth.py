@@ -17,6 +17,7 @@ import trio.testing
 from fetchml.auth import (
     ALL_PERMISSIONS,
     ANONYMOUS,
+    DATASETS_WRITE,
     JOBS_CREATE,
     JOBS_READ,
     JOBS_READ_ALL,
@@ -91,7 +92,7 @@ def test_parse_happy_path(config: AuthConfig, alice_key: tuple[str, str]) -> Non
 
 def test_builtin_roles_resolve(config: AuthConfig) -> None:
     alice = config.principal_for("alice")
-    assert alice.permissions == {JOBS_CREATE, JOBS_READ, JOBS_UPDATE, STATUS_READ}
+    assert alice.permissions == {JOBS_CREATE, JOBS_READ, JOBS_UPDATE, STATUS_READ, DATASETS_WRITE}
     assert alice.admin is False
     bob = config.principal_for("bob")
     assert bob.permissions == {JOBS_READ_ALL, STATUS_READ}

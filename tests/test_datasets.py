@@ -5,21 +5,26 @@ manifest records what it resolved to; versions; the registry outlives the server
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 import trio
+from helpers.core import open_sched
 from helpers.gateway import HttpSession
 from hypothesis import given
 from test_client_support import KEYS, Ml, running_server
 
-from fetchml._models import dataset_env_name
+from fetchml._config import RaySettings
+from fetchml._models import DatasetRef, Job, JobSpec, JobState, check_spec, dataset_env_name
+from fetchml.actors.backends._ray import RayBackend, RayRun
 from fetchml.artifacts import read_run_manifest
 from fetchml.client import connect
-from fetchml.datasets import DatasetRegistry, uri_problem
+from fetchml.datasets import DatasetRegistry, check_registration, uri_problem
 from fetchml.errors import ConflictError, InvalidRequestError, InvalidSpecError
 from fetchml.protocol import RegisterDataset
 
@@ -117,6 +122,9 @@ async def test_http_roles_bad_input_and_restart(data_dir: Path, tmp_path: Path) 
                 "NUL description": {"name": "x", "uri": "/d", "description": "a\u0000b"},
                 "unknown field": {"name": "x", "uri": "/d", "size": 3},
                 "collides": {"name": "cifar_10", "uri": "/d"},
+                "newline name": {"name": "x\n", "uri": "/d"},
+                "newline sha": {"name": "x", "uri": "/d", "sha256": SHA + "\n"},
+                "empty uri": {"name": "x", "uri": ""},
                 "not JSON": b"{",
             }
             answers = {}
@@ -124,6 +132,15 @@ async def test_http_roles_bad_input_and_restart(data_dir: Path, tmp_path: Path) 
                 for label, body in cases.items():
                     answers[label] = await post(session, "bob", body)
                 answers["analyst"] = await post(session, "carol", {"name": "x", "uri": "/d"})
+                same = {"name": "cifar.10", "uri": "/data/cifar"}
+                repeated = await session.request(
+                    "POST", "/api/v1/datasets", key=KEYS["bob"], json_body=same
+                )
+                changed = await session.request(
+                    "POST", "/api/v1/datasets", key=KEYS["bob"], json_body={**same, "uri": "/d2"}
+                )
+                shown = await session.request("GET", "/api/v1/datasets/cifar.10", key=KEYS["carol"])
+                unknown = await session.request("GET", "/api/v1/datasets/nope", key=KEYS["carol"])
         async with running_server(data_dir) as url, connect(url, KEYS["carol"]) as client:
             kept = [d.name for d in await client.datasets()]
     fields = {label: (status, error.get("field")) for label, (status, error) in answers.items()}
@@ -136,11 +153,23 @@ async def test_http_roles_bad_input_and_restart(data_dir: Path, tmp_path: Path) 
         "NUL description": (400, "description"),
         "unknown field": (400, "size"),
         "collides": (409, None),
+        "newline name": (400, "name"),
+        "newline sha": (400, "sha256"),
+        "empty uri": (400, "uri"),
         "not JSON": (400, "body"),
         "analyst": (403, None),
     }
     assert "FETCHML_DATASET_CIFAR_10" in answers["collides"][1]["message"]
     assert kept == ["cifar.10"]
+    assert repeated.status == 200  # what the latest version already says: nothing added
+    assert [v["version"] for v in repeated.json()["versions"]] == [1]
+    assert changed.status == 201
+    assert shown.status == 200
+    assert [(v["version"], v["uri"]) for v in shown.json()["versions"]] == [
+        (2, "/d2"),
+        (1, "/data/cifar"),
+    ]
+    assert (unknown.status, unknown.error["code"]) == (404, "not_found")
 
 
 def test_registry_versions_pins_and_collisions(tmp_path: Path) -> None:
@@ -177,3 +206,100 @@ def test_dataset_env_names_are_valid_variables(name: str) -> None:
     assert env.startswith("FETCHML_DATASET_")
     assert env.replace("_", "").isalnum()
     assert env == env.upper()
+
+
+async def test_every_front_end_resolves_at_submit(data_dir: Path, tmp_path: Path) -> None:
+    """The embedding API resolves (latest now, env and manifest); the WebSocket names the
+    field of an unknown dataset; ``queue --dry-run`` refuses one as the server would."""
+    spec = {"command": [sys.executable, "-c", PRINT_ENV], "datasets": ["imagenet-1k"]}
+    with trio.fail_after(60):
+        async with open_sched(data_dir) as scheduler:
+            with pytest.raises(InvalidSpecError) as unknown:
+                await scheduler.submit(spec, user="bob")
+            await scheduler.datasets.register(
+                RegisterDataset(name="imagenet-1k", uri="gs://b/in1k", sha256=SHA), "bob"
+            )
+            job = await scheduler.wait((await scheduler.submit(spec, user="bob")).id)
+            log = scheduler.log_path(job.id).read_bytes()
+        async with running_server(tmp_path / "server") as url:
+            async with connect(url, KEYS["bob"]) as client:
+                with pytest.raises(InvalidSpecError) as over_ws:
+                    await client.submit({"command": ["true"], "datasets": ["a", "b@2"]})
+            dry = await Ml(url, tmp_path)(
+                "bob", "queue", "--no-snapshot", "--dry-run", "--dataset", "a@1", "--", "true"
+            )
+    assert unknown.value.field == "datasets[0]"
+    assert job.state == "succeeded", job
+    assert log.strip() == b"gs://b/in1k"
+    assert [(r.version, r.sha256) for r in job.spec.dataset_refs] == [(1, SHA)]
+    manifest = read_run_manifest(data_dir / "jobs" / str(job.id) / "output")
+    assert manifest is not None
+    assert manifest.spec.dataset_refs == job.spec.dataset_refs
+    assert over_ws.value.field == "datasets[0]"
+    assert "no dataset 'a' is registered" in over_ws.value.message
+    assert dry.rc == 2, (dry.out, dry.err)
+    assert "datasets[0]: no version 1 of dataset 'a' is registered" in dry.err
+
+
+def _refusal(asked: RegisterDataset) -> InvalidRequestError | None:
+    try:
+        check_registration(asked)
+    except InvalidRequestError as exc:
+        return exc
+    return None
+
+
+@given(st.text(max_size=110))
+def test_a_name_is_taken_exactly_when_it_is_one(name: str) -> None:
+    """``check_registration`` (what every front end's registration goes through) takes a name
+    iff it is 1 to 100 of ``A-Z a-z 0-9 . _ -`` starting with a letter or digit; a refusal
+    names the field."""
+    fits = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) is not None
+    refused = _refusal(RegisterDataset(name=name, uri="/data"))
+    assert (refused is None) == fits
+    assert refused is None or refused.field == "name"
+
+
+@given(uri=st.text(max_size=80), sha256=st.one_of(st.none(), st.text(max_size=70)))
+def test_a_uri_and_hash_are_checked_with_the_field_named(uri: str, sha256: str | None) -> None:
+    asked = RegisterDataset(name="d", uri=uri, sha256=sha256)
+    refused = _refusal(asked)
+    if refused is not None:
+        assert refused.field in ("uri", "sha256")
+        assert refused.message.startswith(f"{refused.field}: ")
+        return
+    assert uri_problem(uri) is None
+    checked = check_registration(asked)
+    assert checked.sha256 is None or re.fullmatch("[0-9a-f]{64}", checked.sha256)
+
+
+def test_the_ray_backend_gives_the_job_its_datasets(tmp_path: Path) -> None:
+    """A Ray job gets ``FETCHML_DATASET_<NAME>`` in its submission's environment (the Ray
+    backend passes only the variable: Ray never copies data either)."""
+
+    class _Client:
+        tail = None
+
+    backend = RayBackend(tmp_path, RaySettings(), cast(Any, _Client()), "instance")
+    ref = DatasetRef(name="in1k.v2", version=2, uri="s3://b/in1k", sha256=SHA)
+    spec = JobSpec(command=["true"], env={"A": "1"}, datasets=["in1k.v2"], dataset_refs=[ref])
+    job = Job(id=3, user="bob", spec=spec, state=JobState.RUNNING, created_at=0.0, attempts=1)
+    run = RayRun(job_id=3, attempt=1, submission_id="s-3-1", log=tmp_path / "log")
+    env = backend._submission(job, run).env
+    assert env["FETCHML_DATASET_IN1K_V2"] == "s3://b/in1k"
+    assert env["A"] == "1"
+
+
+def test_a_job_stored_before_datasets_still_loads() -> None:
+    """A job record written before specs had datasets decodes (the store's codec) with none."""
+    old = {
+        "id": 1,
+        "user": "bob",
+        "spec": {"command": ["true"], "priority": 5},
+        "state": "succeeded",
+        "seq": 3,
+        "created_at": 1.0,
+    }
+    job = msgspec.msgpack.Decoder(Job).decode(msgspec.msgpack.encode(old))
+    assert (job.spec.datasets, job.spec.dataset_refs) == ([], [])
+    assert check_spec(job.spec) == job.spec

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
+from fetchml._models import JobSpec
 from fetchml.client import Client, DatasetBody
+from fetchml.errors import InvalidSpecError, NotFoundError
 
 from ._ml_output import Output, fmt_duration, print_pairs
 from ._ml_tracking import show_table
 
-__all__ = ["info", "listing", "register"]
+__all__ = ["check_datasets", "info", "listing", "register"]
 
 _LIST_HEADER = ("NAME", "VERSION", "URI", "SHA256", "REGISTERED")
 _VERSIONS_HEADER = ("VERSION", "URI", "SHA256", "BY", "REGISTERED", "DESCRIPTION")
@@ -95,3 +97,21 @@ def _print_info(body: DatasetBody, out: Output) -> None:
         for v in body.versions
     ]
     show_table(out, _VERSIONS_HEADER, rows, right=(0,))
+
+
+async def check_datasets(client: Client, spec: JobSpec) -> None:
+    """Raise InvalidSpecError, as the server's submit would, for a dataset (or version) of
+    ``spec.datasets`` that is not registered (``queue --dry-run``).  Waits on one request per
+    dataset."""
+    for index, use in enumerate(spec.datasets):
+        name, _, pinned = use.partition("@")
+        try:
+            versions = {v.version for v in (await client.dataset(name)).versions}
+        except NotFoundError:
+            versions = set()
+        if not versions or (pinned and int(pinned) not in versions):
+            what = f"version {pinned} of dataset {name!r}" if pinned else f"dataset {name!r}"
+            raise InvalidSpecError(
+                f"datasets[{index}]: no {what} is registered (ml dataset list)",
+                field=f"datasets[{index}]",
+            )

@@ -118,7 +118,8 @@ async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
 
     The server has no dry-run op, so this validates the spec with the server's own validator,
     checks the key may create jobs (``whoami``), that the resources fit the server's totals
-    (``status``) and that the jobs it waits for exist (``get``).
+    (``status``), that the jobs it waits for exist (``get``) and that its datasets are
+    registered.
     """
     spec = validate_spec(raw)
     identity = await client.whoami()
@@ -126,13 +127,7 @@ async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
         raise PermissionDeniedError(f"missing permission {JOBS_CREATE}", permission=JOBS_CREATE)
     report = await client.status()
     _check_fits(spec, report.cpus_total, report.memory_mb_total, len(report.gpus_total))
-    for index, dep in enumerate(spec.depends_on):
-        try:
-            await client.get(dep)
-        except JobNotFoundError:
-            raise InvalidSpecError(
-                f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
-            ) from None
+    await _check_references(client, spec)
     fits_now = (
         spec.resources.cpus <= report.cpus_free
         and spec.resources.memory_mb <= report.memory_mb_free
@@ -158,6 +153,22 @@ async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
     )
     out.line(f"it {'would start now' if fits_now else 'would wait for resources'} ({free})")
     return 0
+
+
+async def _check_references(client: Client, spec: JobSpec) -> None:
+    """Raise InvalidSpecError, as the server's submit does, for a job ``spec`` waits for that
+    does not exist and a dataset that is not registered.  Waits on one request for each."""
+    for index, dep in enumerate(spec.depends_on):
+        try:
+            await client.get(dep)
+        except JobNotFoundError:
+            raise InvalidSpecError(
+                f"depends_on[{index}]: unknown job {dep}", field=f"depends_on[{index}]"
+            ) from None
+    if spec.datasets:
+        from ._ml_datasets import check_datasets
+
+        await check_datasets(client, spec)
 
 
 def _check_fits(spec: JobSpec, cpus: float, memory_mb: int, gpus: int) -> None:

@@ -2,6 +2,6 @@
 a job's spec names and the server resolves at submit (``FETCHML_DATASET_<NAME>``, the run
 manifest)."""
 
-from ._registry import DB_NAME, DatasetRegistry, Datasets, uri_problem
+from ._registry import DB_NAME, DatasetRegistry, Datasets, check_registration, uri_problem
 
-__all__ = ["DB_NAME", "DatasetRegistry", "Datasets", "uri_problem"]
+__all__ = ["DB_NAME", "DatasetRegistry", "Datasets", "check_registration", "uri_problem"]

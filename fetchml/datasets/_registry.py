@@ -19,12 +19,12 @@ from typing import Any
 import msgspec
 import trio
 
-from .._models import DatasetRef, JobSpec, dataset_env_name, text_problem
+from .._models import DATASET_NAME, DatasetRef, JobSpec, dataset_env_name, text_problem
 from ..errors import ConflictError, InvalidRequestError, InvalidSpecError, NotFoundError
 from ..protocol import DatasetBody, DatasetInfo, DatasetVersion, RegisterDataset
 from ..store import connect, migrate, transaction
 
-__all__ = ["DB_NAME", "DatasetRegistry", "Datasets", "uri_problem"]
+__all__ = ["DB_NAME", "DatasetRegistry", "Datasets", "check_registration", "uri_problem"]
 
 DB_NAME = "datasets.db"
 
@@ -48,7 +48,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s]+$")
+# ``\ufeff`` too: JSON Schema's ``\s`` (the API's pattern) counts it as a space, Python's not.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\ufeff]+")
+# Checked with fullmatch: a schema pattern's ``$`` (what msgspec checks) also matches before a
+# final newline.
+_NAME = re.compile(DATASET_NAME)
+_USE = re.compile(f"(?P<name>{DATASET_NAME})(?:@(?P<version>[1-9][0-9]{{0,8}}))?")
+_SHA256 = re.compile("[0-9a-fA-F]{64}")
+MAX_URI = 4096
+MAX_DESCRIPTION = 1000
 _COLUMNS = "version, uri, sha256, description, user, created"
 
 
@@ -59,9 +67,37 @@ def uri_problem(uri: str) -> str | None:
         return "has a control character"
     if any(0xD800 <= ord(c) <= 0xDFFF for c in uri):
         return "is not valid Unicode (a lone surrogate)"
-    if not (_SCHEME.match(uri) or (uri.startswith("/") and len(uri) > 1)):
+    if "://" in uri and not uri.startswith("/") and any(c.isspace() or c == "\ufeff" for c in uri):
+        return "has a space (percent-encode it: %20)"
+    if not (_SCHEME.fullmatch(uri) or (uri.startswith("/") and len(uri) > 1)):
         return "is neither scheme://... (s3://, gs://, https://, file://) nor an absolute path"
     return None
+
+
+def check_registration(asked: RegisterDataset) -> RegisterDataset:
+    """``asked`` checked field by field (a struct built in Python has had no schema check, and
+    the schema's patterns let a final newline through), its SHA-256 in lower case.  Raises
+    InvalidRequestError naming the field."""
+    name, uri, sha256, description = asked.name, asked.uri, asked.sha256, asked.description
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidRequestError(
+            "name: 1 to 100 of A-Z a-z 0-9 . _ -, starting with a letter or digit", field="name"
+        )
+    problem = "must be a string" if not isinstance(uri, str) else uri_problem(uri)
+    if problem is None and len(uri) > MAX_URI:
+        problem = f"longer than {MAX_URI} characters"
+    if problem is not None:
+        raise InvalidRequestError(f"uri: {problem}", field="uri")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+        raise InvalidRequestError("sha256: must be 64 hex digits", field="sha256")
+    if description is not None:
+        problem = "must be a string" if not isinstance(description, str) else None
+        problem = problem or text_problem(description)
+        if problem is None and len(description) > MAX_DESCRIPTION:
+            problem = f"longer than {MAX_DESCRIPTION} characters"
+        if problem is not None:
+            raise InvalidRequestError(f"description: {problem}", field="description")
+    return msgspec.structs.replace(asked, sha256=None if sha256 is None else sha256.lower())
 
 
 def _version(row: tuple[Any, ...]) -> DatasetVersion:
@@ -84,18 +120,14 @@ class DatasetRegistry:
         with self._lock:
             self._conn.close()
 
-    def register(self, asked: RegisterDataset, user: str) -> DatasetBody:
-        """Add ``asked`` as the next version of its dataset (the first creates it).  Raises
-        InvalidRequestError for a URI that is not one, ConflictError for a name whose variable
-        another dataset's name already gives (``a.b`` and ``a_b``)."""
-        problem = uri_problem(asked.uri)
-        if problem is not None:
-            raise InvalidRequestError(f"uri: {problem}", field="uri")
-        described = None if asked.description is None else text_problem(asked.description)
-        if described is not None:
-            raise InvalidRequestError(f"description: {described}", field="description")
+    def register(self, asked: RegisterDataset, user: str) -> tuple[DatasetBody, bool]:
+        """Add ``asked`` as the next version of its dataset (the first creates it); returns
+        every version, and whether one was added: asking again for what the latest version
+        already says (the same URI, hash and description) adds none.  Raises
+        InvalidRequestError naming the field (:func:`check_registration`), ConflictError for a
+        name whose variable another dataset's name already gives (``a.b`` and ``a_b``)."""
+        asked = check_registration(asked)
         key = dataset_env_name(asked.name)
-        sha256 = asked.sha256.lower() if asked.sha256 is not None else None
         with self._lock, transaction(self._conn) as conn:
             row = conn.execute("SELECT name FROM datasets WHERE env_key = ?", (key,)).fetchone()
             if row is not None and row[0] != asked.name:
@@ -105,14 +137,27 @@ class DatasetRegistry:
             conn.execute(
                 "INSERT OR IGNORE INTO datasets(name, env_key) VALUES (?, ?)", (asked.name, key)
             )
-            (latest,) = conn.execute(
-                "SELECT coalesce(max(version), 0) FROM versions WHERE name = ?", (asked.name,)
+            latest = conn.execute(
+                "SELECT version, uri, sha256, description FROM versions WHERE name = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (asked.name,),
             ).fetchone()
-            conn.execute(
-                f"INSERT INTO versions(name, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (asked.name, latest + 1, asked.uri, sha256, asked.description, user, time.time()),
-            )
-        return self.info(asked.name)
+            same = (asked.uri, asked.sha256, asked.description)
+            new = latest is None or tuple(latest[1:]) != same
+            if new:
+                conn.execute(
+                    f"INSERT INTO versions(name, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        asked.name,
+                        1 if latest is None else latest[0] + 1,
+                        asked.uri,
+                        asked.sha256,
+                        asked.description,
+                        user,
+                        time.time(),
+                    ),
+                )
+        return self.info(asked.name), new
 
     def info(self, name: str) -> DatasetBody:
         """Every version of dataset ``name``, newest first.  Raises NotFoundError."""
@@ -141,7 +186,12 @@ class DatasetRegistry:
         refs: list[DatasetRef] = []
         with self._lock:
             for index, use in enumerate(uses):
-                name, _, pinned = use.partition("@")
+                match = _USE.fullmatch(use)
+                if match is None:
+                    raise InvalidSpecError(
+                        f"datasets[{index}]: not NAME or NAME@VERSION", field=f"datasets[{index}]"
+                    )
+                name, pinned = match["name"], match["version"]
                 sql = f"SELECT {_COLUMNS} FROM versions WHERE name = ? "
                 sql += "AND version = ?" if pinned else "ORDER BY version DESC LIMIT 1"
                 row = self._conn.execute(sql, (name, int(pinned)) if pinned else (name,)).fetchone()
@@ -171,7 +221,9 @@ class Datasets:
     def close(self) -> None:
         self.registry.close()
 
-    async def register(self, asked: RegisterDataset, user: str) -> DatasetBody:
+    async def register(self, asked: RegisterDataset, user: str) -> tuple[DatasetBody, bool]:
+        """Register ``asked`` for ``user`` (:meth:`DatasetRegistry.register`, which says what
+        it returns and raises).  Waits on a worker thread."""
         return await trio.to_thread.run_sync(self.registry.register, asked, user)
 
     async def info(self, name: str) -> DatasetBody:

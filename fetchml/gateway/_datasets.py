@@ -1,5 +1,6 @@
 """The HTTP routes of the dataset registry: register a dataset (or a new version of one), list
-them, show one.  Registering needs ``datasets:write`` (researchers, admins); reading needs a
+them, show one.  Registering what the latest version already says adds nothing (200, not
+201).  Registering needs ``datasets:write`` (researchers, admins); reading needs a
 jobs read permission (every built-in role)."""
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ def register_datasets(app: Quart, service: Service) -> None:
     async def register_dataset() -> Response:
         who = await caller(service)
         asked = await request_struct(RegisterDataset)
-        return json_response(await service.register_dataset(who, asked), status=201)
+        body, added = await service.register_dataset(who, asked)
+        # 200: the latest version already said this (registering is idempotent).
+        return json_response(body, status=201 if added else 200)
 
     @app.get("/api/v1/datasets")
     async def datasets() -> Response:

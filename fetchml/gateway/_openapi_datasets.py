@@ -29,7 +29,14 @@ def dataset_paths() -> dict[str, Any]:
                     "content": {"application/json": {"schema": schema_ref("RegisterDataset")}},
                 },
                 "responses": {
-                    "201": ok_response("every version, newest first", schema_ref("DatasetBody")),
+                    "200": ok_response(
+                        "the latest version already said this: nothing added; every version, "
+                        "newest first",
+                        schema_ref("DatasetBody"),
+                    ),
+                    "201": ok_response(
+                        "a version added; every version, newest first", schema_ref("DatasetBody")
+                    ),
                     "400": error_response("not a dataset (`invalid_request`, named in `field`)"),
                     "409": error_response(
                         "another dataset's name gives the job the same variable (`conflict`)"

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from .._models import DatasetName, Text
+from .._models import DATASET_NAME, Text
 
 __all__ = [
     "DatasetBody",
@@ -19,6 +19,8 @@ __all__ = [
 Description = Annotated[str, msgspec.Meta(max_length=1000)]
 # What ``datasets.uri_problem`` accepts, for the API's schema (the server says why in words).
 _CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+NAME_PATTERN = f"^{DATASET_NAME}$"
+SHA256_PATTERN = "^[0-9a-fA-F]{64}$"
 URI_PATTERN = f"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^\\s{_CONTROL}]+|/[^{_CONTROL}]+)$"
 
 
@@ -26,9 +28,13 @@ class RegisterDataset(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     """``POST /api/v1/datasets``: a dataset, or a new version of one already registered.
     ``uri`` is ``scheme://...`` or an absolute path; ``sha256`` is 64 hex digits."""
 
-    name: DatasetName
+    # The patterns are for the API's schema; ``datasets.check_registration`` checks them (a
+    # schema's ``$`` would let a final newline through) and says what is wrong in words.
+    name: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN})]
     uri: Annotated[Text, msgspec.Meta(extra_json_schema={"pattern": URI_PATTERN})]
-    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")] | None = None
+    sha256: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": SHA256_PATTERN})] | None = (
+        None
+    )
     description: Description | None = None
 
 
