@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/server.yaml
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fetchml tests bench
 	$(BIN)/mypy fetchml tests
 
-test: lint
+# The dashboard's browser tests drive Debian's chromium and chromium-driver: installed here when
+# missing (as root, with apt-get); where they cannot be, those tests skip and say why.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(BROWSER_PACKAGES) for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null 2>&1 \
+	      || { apt-get update -qq >/dev/null 2>&1 \
+	           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) >/dev/null 2>&1; } \
+	      || echo "could not install $(BROWSER_PACKAGES): the browser tests will be skipped"; \
+	  else \
+	    echo "$(BROWSER_PACKAGES) missing and not installable here (root + apt-get): the browser tests will be skipped"; \
+	  fi; \
+	fi
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -29,6 +29,7 @@ __all__ = [
     "GitInfo",
     "Job",
     "JobEvent",
+    "JobMatch",
     "JobSpec",
     "JobState",
     "Provenance",
@@ -244,6 +245,30 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class JobMatch(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job listing keeps beyond owner and state: the jobs of ``experiment`` (exactly),
+    with ``tag`` among their tags, whose name contains ``name`` (any case)."""
+
+    experiment: str | None = None
+    tag: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def of(cls, *, experiment: str | None, tag: str | None, name: str | None) -> JobMatch | None:
+        """The match of the filters given, or None when none is (every job matches)."""
+        if experiment is None and tag is None and not name:
+            return None
+        return cls(experiment=experiment, tag=tag, name=name.casefold() if name else None)
+
+    def __call__(self, job: Job) -> bool:
+        spec = job.spec
+        if self.experiment is not None and spec.experiment != self.experiment:
+            return False
+        if self.tag is not None and self.tag not in spec.tags:
+            return False
+        return self.name is None or self.name in (spec.name or "").casefold()
 
 
 class StatusReport(msgspec.Struct, frozen=True, kw_only=True):

@@ -504,7 +504,8 @@ async def test_http_body_over_the_limit_is_413(server: Server) -> None:
 async def test_http_unknown_route_and_wrong_method(server: Server) -> None:
     key = server.users.admin
     async with HttpSession(server.base) as session:
-        for path in ("/api/v1/nothing", "/api/v2/jobs", "/api/v1/jobs/abc", "/"):
+        # ``/`` is the dashboard (tests/test_web_static.py); an unknown page beside it is not.
+        for path in ("/api/v1/nothing", "/api/v2/jobs", "/api/v1/jobs/abc", "/nothing"):
             missing = await session.request("GET", path, key=key)
             assert missing.status == 404, path
             assert missing.error["code"] == "not_found"

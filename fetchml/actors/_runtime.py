@@ -23,6 +23,7 @@ import trio
 from .._config import Config, discover_gpus, gpu_inventory, machine_memory_mb, make_config
 from .._models import (
     Job,
+    JobMatch,
     JobSpec,
     JobState,
     StatusReport,
@@ -162,8 +163,10 @@ class Scheduler:
         states: Iterable[JobState | str] | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        match: JobMatch | None = None,
     ) -> list[Job]:
-        """Jobs newest first, optionally only ``user``'s and only in ``states``."""
+        """Jobs newest first, optionally only ``user``'s, only in ``states``, only those
+        ``match`` keeps (experiment, tag, name)."""
         if not 1 <= limit <= MAX_LIST:
             raise InvalidRequestError(f"limit: must be 1 to {MAX_LIST}", field="limit")
         try:
@@ -172,7 +175,7 @@ class Scheduler:
             raise InvalidRequestError(f"states: {exc}", field="states") from None
         async with self._reading():
             return await self._store.list_jobs(
-                user=user, states=wanted, limit=limit, before_id=before_id
+                user=user, states=wanted, limit=limit, before_id=before_id, match=match
             )
 
     @asynccontextmanager

@@ -25,6 +25,7 @@ from ._security import install_security
 from ._service import Service
 from ._snapshots import body_limit, register_snapshots
 from ._tracking import register_tracking
+from ._web import register_web
 from ._ws import Connection
 
 __all__ = ["create_app"]
@@ -53,6 +54,7 @@ def create_app(
     register_files(app, service)
     register_tracking(app, service)
     register_datasets(app, service)
+    register_web(app)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:

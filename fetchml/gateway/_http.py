@@ -16,10 +16,11 @@ import msgspec
 import trio
 from quart import Quart, Response, g, request
 
-from .._models import JobState, decode_spec_json, describe_validation_error
+from .._models import JobMatch, JobState, decode_spec_json, describe_validation_error
 from ..auth import Principal
 from ..errors import InvalidRequestError
 from ..protocol import Health, JobBody, JobsBody, StatusBody
+from ._log_range import log_range_response
 from ._metrics import Metrics
 from ._openapi import MAX_LIST, MAX_OFFSET, MAX_QUERY_ID, openapi_document
 from ._service import Service
@@ -44,6 +45,8 @@ def api_key_from(headers: Any) -> str | None:
 
 
 _DECIMAL = re.compile(r"-?[0-9]+")
+# The longest experiment, tag or name filter (as on the WebSocket's ``list``).
+MAX_FILTER_TEXT = 250
 T = TypeVar("T")
 
 
@@ -85,6 +88,15 @@ def flag_arg(name: str) -> bool:
     if value in ("", "0", "false", "no"):
         return False
     raise InvalidRequestError(f"{name}: must be 1, true, yes, 0, false or no", field=name)
+
+
+def _text_arg(name: str) -> str | None:
+    """Query parameter ``name`` as a filter text (1 to 250 characters), None if absent or
+    empty.  Raises InvalidRequestError (400)."""
+    raw = request.args.get(name) or None
+    if raw is not None and len(raw) > MAX_FILTER_TEXT:
+        raise InvalidRequestError(f"{name}: at most {MAX_FILTER_TEXT} characters", field=name)
+    return raw
 
 
 def _states_arg() -> list[JobState] | None:
@@ -181,6 +193,9 @@ def register_http(
             states=_states_arg(),
             limit=int_arg("limit", 100, low=1, high=MAX_LIST) or 100,
             before_id=int_arg("before", None, low=1, high=MAX_QUERY_ID),
+            match=JobMatch.of(
+                experiment=_text_arg("experiment"), tag=_text_arg("tag"), name=_text_arg("name")
+            ),
         )
         return json_response(JobsBody(jobs=jobs))
 
@@ -197,6 +212,10 @@ def register_http(
         principal = await who()
         offset = int_arg("offset", 0, low=0, high=MAX_OFFSET) or 0
         follow = flag_arg("follow")
+        range_header = request.headers.get("Range")
+        if range_header and not follow:  # a part of the log, e.g. its tail (the dashboard)
+            await service.get(principal, job_id)
+            return await log_range_response(service.scheduler.log_path(job_id), range_header)
         chunks = await service.logs(principal, job_id, offset=offset, follow=follow)
         # A followed log can stream for days: it ends when the key is revoked or expires.
         ended = functools.partial(service.sessions.until_invalid, principal, request.remote_addr)

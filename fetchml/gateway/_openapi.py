@@ -192,6 +192,19 @@ def _paths() -> dict[str, Any]:
                         {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_ID},
                         "only jobs with a smaller id (the next page: the last id seen)",
                     ),
+                    query_param(
+                        "experiment",
+                        {"type": "string", "maxLength": 250},
+                        "only the jobs of this experiment",
+                    ),
+                    query_param(
+                        "tag", {"type": "string", "maxLength": 250}, "only jobs with this tag"
+                    ),
+                    query_param(
+                        "name",
+                        {"type": "string", "maxLength": 250},
+                        "only jobs whose name contains this (any case)",
+                    ),
                 ],
                 "responses": {
                     "200": ok_response("the jobs, newest first", schema_ref("JobsBody")),
@@ -251,6 +264,14 @@ def _paths() -> dict[str, Any]:
                     "200": {
                         "description": "the log bytes from `offset` (empty if none yet)",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "206": {
+                        "description": "with a `Range` header (and no `follow`): those bytes "
+                        "(at most 8 MiB), `Content-Range: bytes a-b/<log length>`",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "416": {
+                        "description": "a `Range` past the end: `Content-Range: bytes */<length>`"
                     },
                     "400": error_response(
                         "`job_id` 0, or `offset` / `follow` out of range "

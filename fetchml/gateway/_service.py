@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from .._config import LimitsSettings
-from .._models import Job, JobSpec, JobState, text_problem
+from .._models import Job, JobMatch, JobSpec, JobState, text_problem
 from ..actors import Scheduler, StatusReport, Subscription
 from ..audit import AuditLog
 from ..auth import (
@@ -213,14 +213,19 @@ class Service:
         await self.record("submit", user=who.user, job_id=job.id)  # before the acknowledgement
         return job
 
-    async def register_dataset(self, who: Principal, asked: RegisterDataset) -> DatasetBody:
-        """Register ``asked`` (a new dataset, or a new version of one) as ``who``.  Raises
-        PermissionDeniedError, InvalidRequestError (the URI), ConflictError (the name)."""
+    async def register_dataset(
+        self, who: Principal, asked: RegisterDataset
+    ) -> tuple[DatasetBody, bool]:
+        """Register ``asked`` (a new dataset, or a new version of one) as ``who``; returns every
+        version and whether one was added (not when the latest already says the same).  Raises
+        PermissionDeniedError, InvalidRequestError naming the field, ConflictError (the name).
+        Waits on the registry and the audit log."""
         async with self._refusals("dataset_register", who):
             who.require(DATASETS_WRITE)
-        body = await self.scheduler.datasets.register(asked, who.user)
-        await self.record("dataset_register", user=who.user)
-        return body
+        body, added = await self.scheduler.datasets.register(asked, who.user)
+        if added:
+            await self.record("dataset_register", user=who.user)
+        return body, added
 
     async def datasets(self, who: Principal) -> list[DatasetInfo]:
         """Every registered dataset (any user who may read jobs sees them all: they are shared
@@ -252,8 +257,10 @@ class Service:
         states: list[JobState] | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        match: JobMatch | None = None,
     ) -> list[Job]:
-        """Jobs ``who`` may see, newest first.  A researcher's list is always their own."""
+        """Jobs ``who`` may see, newest first, those ``match`` keeps.  A researcher's list is
+        always their own."""
         async with self._refusals("list", who):
             self._require_some_read(who)
             if not who.can(JOBS_READ_ALL):
@@ -262,7 +269,9 @@ class Service:
                         f"missing permission {JOBS_READ_ALL}", permission=JOBS_READ_ALL
                     )
                 user = who.user
-        return await self.scheduler.list(user=user, states=states, limit=limit, before_id=before_id)
+        return await self.scheduler.list(
+            user=user, states=states, limit=limit, before_id=before_id, match=match
+        )
 
     async def cancel(self, who: Principal, job_id: int) -> Job:
         """Cancel a job; returns it once ended.  Raises 404 / 403 / 409 errors."""

@@ -27,7 +27,7 @@ from quart.globals import websocket_ctx
 from quart.wrappers import Websocket
 
 from .._faults import report_internal_error
-from .._models import Job, JobEvent, JobSpec
+from .._models import Job, JobEvent, JobMatch, JobSpec
 from ..actors import INTERNAL_MESSAGE, Subscription
 from ..auth import Principal
 from ..errors import (
@@ -297,9 +297,14 @@ class Connection:
                 return JobReply(re=rid, job=await self._submit(who, spec))
             case GetOp(job_id=job_id):
                 return JobReply(re=rid, job=await service.get(who, job_id))
-            case ListOp(user=user, state=state, limit=limit, before=before):
+            case ListOp(user=user, state=state, limit=limit, before=before) as op:
                 jobs = await service.list(
-                    who, user=user, states=state, limit=limit, before_id=before
+                    who,
+                    user=user,
+                    states=state,
+                    limit=limit,
+                    before_id=before,
+                    match=JobMatch.of(experiment=op.experiment, tag=op.tag, name=op.name),
                 )
                 return JobsReply(re=rid, jobs=jobs)
             case CancelOp(job_id=job_id):

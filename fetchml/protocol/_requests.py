@@ -41,6 +41,8 @@ RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 # Ids and seqs the store can hold (SQLite INTEGER); a larger one would make it raise.
 JobIdArg = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# What a list filter compares with names, tags and experiments (each at most 250 characters).
+FilterText = Annotated[str, msgspec.Meta(min_length=1, max_length=250)]
 
 
 class _Op(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op", kw_only=True):
@@ -64,10 +66,16 @@ class GetOp(_Op, frozen=True, kw_only=True, tag="get"):
 
 
 class ListOp(_Op, frozen=True, kw_only=True, tag="list"):
+    """Jobs newest first; ``experiment`` and ``tag`` match exactly, ``name`` is a substring
+    (any case) of the job's name."""
+
     user: str | None = None
     state: list[JobState] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     before: JobIdArg | None = None
+    experiment: FilterText | None = None
+    tag: FilterText | None = None
+    name: FilterText | None = None
 
 
 class CancelOp(_Op, frozen=True, kw_only=True, tag="cancel"):

