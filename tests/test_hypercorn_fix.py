@@ -488,7 +488,8 @@ async def test_a_closed_connection_wakes_the_tasks_waiting_for_room(
         try:
             get = {"op": "get", "job_id": job["id"]}
             await _send_frames(client, [{**get, "id": i} for i in range(PIPELINED)])
-            await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+            with trio.fail_after(BOUND_S):  # a server task that never sleeps would hang here
+                await trio.testing.wait_all_tasks_blocked(cushion=0.2)
             outgoing = _outgoing(_server_side(client))
             assert len(outgoing.data) > fix.COALESCE_LIMIT
             assert outgoing.written.statistics().tasks_waiting > 1  # tasks waiting for room

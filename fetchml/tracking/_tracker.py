@@ -148,7 +148,9 @@ class Tracker:
                     next_sample = trio.current_time() + self._settings.system_interval_s
                 if full:
                     next_full = trio.current_time() + interval
-                next_pass = min(next_full, trio.current_time() + live)
+                # Woken sooner only while someone watches a running job: an idle server sleeps.
+                watched = self._feed is not None and any(map(self._feed.watching, self._active))
+                next_pass = min(next_full, trio.current_time() + live) if watched else next_full
 
     async def _handle(self, message: RunStarted | RunEnded) -> None:
         match message:
