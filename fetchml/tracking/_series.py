@@ -2,27 +2,39 @@
 
 A metric's points are kept in chunks of up to :data:`CHUNK_POINTS`, each one row: the steps
 (``int64``), the values and the times (``float64``) as packed arrays, with the chunk's first and
-last step, count, min, max and last value beside them.  So a series of a million points is a
-thousand rows, not a million, and a downsampled read decodes arrays in C rather than rows in
-Python.  Within a chunk points are in step order.
+last step, count, min, max and last value beside them, and the min and max of each block of
+:data:`BLOCK_POINTS` points (``blocks``).  So a series of a million points is a thousand rows,
+not a million, and a downsampled read decodes arrays in C rather than rows in Python.  Within a
+chunk points are in step order.
 
 Downsampling splits the step range into buckets and keeps, per bucket, the smallest and largest
 value and the last one: a spike survives, however many points share its bucket (an average or
-LTTB would hide it).
+LTTB would hide it).  Where a bucket covers whole blocks, their stored min and max stand for
+their points (a bucket of a thousand points reads about 30 blocks and the points at its two
+edges, not a thousand values); a chunk wholly inside one bucket is not decoded at all; and a
+chunk whose steps have no gap (the usual case) needs no steps array to find its buckets.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
+import operator
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..protocol import Buckets
 
-__all__ = ["CHUNK_POINTS", "Chunk", "downsample"]
+__all__ = ["BLOCK_POINTS", "CHUNK_POINTS", "Chunk", "Stored", "downsample"]
 
 CHUNK_POINTS = 1024
+BLOCK_POINTS = 32
+
+
+def _ascending(steps: list[int]) -> bool:
+    return all(map(operator.le, steps, itertools.islice(steps, 1, None)))
 
 
 @dataclass
@@ -62,20 +74,58 @@ class Chunk:
             self.values.insert(at, value)
             self.times.insert(at, when)
 
-    def row(self) -> tuple[int, int, int, float, float, float, bytes, bytes, bytes]:
-        """(first step, last step, count, min, max, last, steps, values, times) to store."""
+    def extend_columns(self, steps: list[int], values: list[float], times: list[float]) -> None:
+        """:meth:`extend` with the points as columns: in C when they come in step order (the
+        usual case), one by one otherwise."""
+        if not steps:
+            return
+        if (not self.steps or steps[0] >= self.steps[-1]) and _ascending(steps):
+            self.steps.fromlist(steps)
+            self.values.fromlist(values)
+            self.times.fromlist(times)
+        else:
+            self.extend(zip(steps, values, times, strict=True))
+
+    def row(self) -> tuple[int, int, int, float, float, float, bytes, bytes, bytes, bytes]:
+        """(first step, last step, count, min, max, last, steps, values, times, blocks) to
+        store; ``blocks`` is the min of each block of BLOCK_POINTS points, then the max of
+        each."""
         values = self.values
+        lows = array("d")
+        highs = array("d")
+        for start in range(0, len(values), BLOCK_POINTS):
+            piece = values[start : start + BLOCK_POINTS]
+            lows.append(min(piece))
+            highs.append(max(piece))
         return (
             self.steps[0],
             self.steps[-1],
             len(self.steps),
-            min(values),
-            max(values),
+            min(lows),
+            max(highs),
             values[-1],
             self.steps.tobytes(),
             values.tobytes(),
             self.times.tobytes(),
+            lows.tobytes() + highs.tobytes(),
         )
+
+
+@dataclass
+class Stored:
+    """A chunk as a downsampled read fetches it: its summary columns, its values, its steps
+    (None: they have no gap, ``first..last``) and its blocks (None: a chunk stored before
+    there were blocks)."""
+
+    first: int
+    last_step: int
+    count: int
+    min: float
+    max: float
+    last: float
+    steps: bytes | None
+    values: bytes
+    blocks: bytes | None
 
 
 class _Acc:
@@ -92,29 +142,80 @@ class _Acc:
             self.last, self.last_step = last, last_step
 
 
+def _extremes(
+    values: array[float], lows: array[float] | None, highs: array[float] | None, i: int, j: int
+) -> tuple[float, float]:
+    """Min and max of ``values[i:j]``, from the blocks it covers whole and the points at its
+    edges."""
+    first = -(-i // BLOCK_POINTS)
+    stop = j // BLOCK_POINTS
+    if lows is None or highs is None or first >= stop:
+        piece = values[i:j]
+        return min(piece), max(piece)
+    low = min(lows[first:stop])
+    high = max(highs[first:stop])
+    for a, b in ((i, first * BLOCK_POINTS), (stop * BLOCK_POINTS, j)):
+        if a < b:
+            piece = values[a:b]
+            low = min(low, min(piece))
+            high = max(high, max(piece))
+    return low, high
+
+
 def downsample(
-    name: str, chunks: Iterable[Chunk], count: int, start: int, end: int, buckets: int
+    name: str, chunks: Iterable[Stored], count: int, start: int, end: int, buckets: int
 ) -> Buckets:
     """The points of ``chunks`` with ``start <= step <= end`` in ``buckets`` equal step ranges.
     ``count`` is the series' size (reported, and whether it needs downsampling at all)."""
     width = max(1.0, (end - start + 1) / buckets)
     found: dict[int, _Acc] = {}
+
+    def take(index: int, args: tuple[int, float, float, float, int]) -> None:
+        acc = found.get(index)
+        if acc is None:
+            found[index] = _Acc(*args)
+        else:
+            acc.merge(*args)
+
     for chunk in chunks:
-        steps, values = chunk.steps, chunk.values
+        first, last_step = chunk.first, chunk.last_step
+        if last_step < start or first > end:
+            continue
+        index = int((first - start) / width)
+        if first >= start and last_step <= end and int((last_step - start) / width) == index:
+            take(index, (first, chunk.min, chunk.max, chunk.last, last_step))
+            continue
+        values: array[float] = array("d")
+        values.frombytes(chunk.values)
+        lows = highs = None
+        if chunk.blocks is not None:
+            blocks: array[float] = array("d")
+            blocks.frombytes(chunk.blocks)
+            half = len(blocks) // 2
+            lows, highs = blocks[:half], blocks[half:]
+        size = len(values)
+        if chunk.steps is None:  # first, first + 1, ... last_step
+            i = min(size, max(0, start - first))
+            stop = min(size, max(0, end - first + 1))
+            while i < stop:
+                step = first + i
+                index = int((step - start) / width)
+                upper = start + (index + 1) * width
+                j = max(i + 1, min(stop, math.ceil(upper) - first))
+                low, high = _extremes(values, lows, highs, i, j)
+                take(index, (step, low, high, values[j - 1], first + j - 1))
+                i = j
+            continue
+        steps: array[int] = array("q")
+        steps.frombytes(chunk.steps)
         i = bisect.bisect_left(steps, start)
         stop = bisect.bisect_right(steps, end)
         while i < stop:
             index = int((steps[i] - start) / width)
             upper = start + (index + 1) * width
-            j = min(stop, bisect.bisect_left(steps, upper, i))
-            j = max(j, i + 1)
-            piece = values[i:j]
-            args = (steps[i], min(piece), max(piece), piece[-1], steps[j - 1])
-            acc = found.get(index)
-            if acc is None:
-                found[index] = _Acc(*args)
-            else:
-                acc.merge(*args)
+            j = max(i + 1, min(stop, bisect.bisect_left(steps, upper, i)))
+            low, high = _extremes(values, lows, highs, i, j)
+            take(index, (steps[i], low, high, values[j - 1], steps[j - 1]))
             i = j
     ordered = [found[index] for index in sorted(found)]
     return Buckets(

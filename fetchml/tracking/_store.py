@@ -25,11 +25,12 @@ from typing import Any
 from ..protocol import Buckets, MetricSummary, RawPage, RunInfo, RunRow
 from ..store import connect, migrate, transaction
 from ._lines import Batch
-from ._series import CHUNK_POINTS, Chunk, downsample
+from ._series import CHUNK_POINTS, Chunk, Stored, downsample
 
 __all__ = ["DB_NAME", "TrackingStore"]
 
 DB_NAME = "tracking.db"
+MMAP_BYTES = 256 << 20
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -83,6 +84,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX chunks_range ON chunks(metric_id, first_step);
     """,
+    # 2: the min and max of each block of BLOCK_POINTS points of a chunk (NULL in chunks
+    # written before: a downsampled read scans their values instead).
+    """
+    ALTER TABLE chunks ADD COLUMN blocks BLOB;
+    """,
 )
 
 
@@ -118,6 +124,9 @@ class TrackingStore:
     def __init__(self, data_dir: Path, *, synchronous: str = "full") -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._conn = connect(data_dir / DB_NAME, synchronous)
+        # Downsampled reads go through megabytes of chunks: mapped, SQLite reads them without a
+        # system call (and a copy) per page.
+        self._conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self._lock = threading.Lock()
         migrate(self._conn, MIGRATIONS, what="tracking store")
         self._open: dict[tuple[int, str], _Metric] = {}
@@ -218,12 +227,9 @@ class TrackingStore:
             raise LookupError(f"job {job_id} is not a registered run")
         stored, params, tags, summary = row
         room = max(0, max_points - stored)
-        points = batch.points[:room]
-        by_name: dict[str, list[tuple[int, float, float]]] = {}
-        for name, step, value, when in points:
-            by_name.setdefault(name, []).append((step, value, when))
-        for name, series in by_name.items():
-            self._append(conn, job_id, name, series)
+        taken = min(int(room), batch.size)
+        for name, (steps, values, times) in batch.columns(taken).items():
+            self._append(conn, job_id, name, steps, values, times)
         merged = [
             json.dumps({**json.loads(old), **new}) if new else old
             for old, new in ((params, batch.params), (tags, batch.tags), (summary, batch.summary))
@@ -235,14 +241,14 @@ class TrackingStore:
             (
                 offset,
                 next_step,
-                len(points),
+                taken,
                 batch.invalid,
-                len(batch.points) - len(points),
+                batch.size - taken,
                 *merged,
                 job_id,
             ),
         )
-        return len(points)
+        return taken
 
     def add_points(
         self, job_id: int, points: dict[str, float], when: float
@@ -255,7 +261,7 @@ class TrackingStore:
             for name, value in points.items():
                 metric = self._metric(conn, job_id, name)
                 step = metric.summary[2] + 1 if metric.summary[0] else 0
-                self._append(conn, job_id, name, [(step, value, when)])
+                self._append(conn, job_id, name, [step], [value], [when])
                 stored.append((name, step, value, when))
         return stored
 
@@ -293,30 +299,47 @@ class TrackingStore:
         return metric
 
     def _append(
-        self, conn: Any, job_id: int, name: str, points: list[tuple[int, float, float]]
+        self,
+        conn: Any,
+        job_id: int,
+        name: str,
+        steps: list[int],
+        values: list[float],
+        times: list[float],
     ) -> None:
+        """Add points of one metric (as columns, in the order logged) to its summary and its
+        chunks."""
+        if not steps:
+            return
         metric = self._metric(conn, job_id, name)
-        summary = metric.summary
-        for step, value, when in points:
-            count = summary[0]
-            if count == 0:
-                summary[:] = [1, value, step, value, value, when, when]
-                continue
-            summary[0] = count + 1
-            if step >= summary[2]:
-                summary[1], summary[2] = value, step
-            summary[3] = min(summary[3], value)
-            summary[4] = max(summary[4], value)
-            summary[6] = when
+        summary = metric.summary  # count, last, last_step, min, max, first_time, last_time
+        if summary[0] == 0:
+            summary[:] = [0, values[0], steps[0], values[0], values[0], times[0], times[0]]
+        # The last value is the one logged last at the highest step (as if taken one by one).
+        top = max(steps)
+        if top >= summary[2]:
+            at = len(steps) - 1 if steps[-1] == top else len(steps) - 1 - steps[::-1].index(top)
+            summary[1], summary[2] = values[at], top
+        summary[0] += len(steps)
+        summary[6] = times[-1]
+        # Min and max from the chunks written: they hold these points (and maybe earlier ones,
+        # already counted in the summary), and their blocks are computed anyway.
+        low, high = summary[3], summary[4]
         start = 0
-        while start < len(points):
+        while start < len(steps):
             room = CHUNK_POINTS - len(metric.chunk)
-            metric.chunk.extend(points[start : start + room])
+            if start == 0 and room >= len(steps):
+                metric.chunk.extend_columns(steps, values, times)
+            else:
+                end = start + room
+                metric.chunk.extend_columns(steps[start:end], values[start:end], times[start:end])
             start += room
-            self._write_chunk(conn, metric)
+            chunk_low, chunk_high = self._write_chunk(conn, metric)
+            low, high = min(low, chunk_low), max(high, chunk_high)
             if len(metric.chunk) >= CHUNK_POINTS:
                 metric.seq += 1
                 metric.chunk = Chunk.empty()
+        summary[3], summary[4] = low, high
         conn.execute(
             "UPDATE metrics SET count = ?, last = ?, last_step = ?, min = ?, max = ?, "
             "first_time = ?, last_time = ? WHERE id = ?",
@@ -324,16 +347,19 @@ class TrackingStore:
         )
 
     @staticmethod
-    def _write_chunk(conn: Any, metric: _Metric) -> None:
+    def _write_chunk(conn: Any, metric: _Metric) -> tuple[float, float]:
+        """Store the metric's current chunk; its min and max."""
+        row = metric.chunk.row()
         conn.execute(
             "INSERT INTO chunks(metric_id, seq, first_step, last_step, count, min, max, last, "
-            'steps, "values", times) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
+            'steps, "values", times, blocks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) '
             "ON CONFLICT(metric_id, seq) DO UPDATE SET first_step = excluded.first_step, "
             "last_step = excluded.last_step, count = excluded.count, min = excluded.min, "
             'max = excluded.max, last = excluded.last, steps = excluded.steps, "values" = '
-            'excluded."values", times = excluded.times',
-            (metric.id, metric.seq, *metric.chunk.row()),
+            'excluded."values", times = excluded.times, blocks = excluded.blocks',
+            (metric.id, metric.seq, *row),
         )
+        return row[3], row[4]
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -389,13 +415,15 @@ class TrackingStore:
         high = high if end is None else end
         if low is None or high is None or low > high:
             return downsample(name, [], count, 0, 0, buckets)
+        # A chunk's steps are read only if they have gaps (else they are first..last).
         rows = self._rows(
-            'SELECT steps, "values" FROM chunks WHERE metric_id = ? AND first_step <= ? '
-            "AND last_step >= ?",
+            "SELECT first_step, last_step, count, min, max, last, CASE WHEN "
+            'last_step - first_step + 1 = count THEN NULL ELSE steps END, "values", blocks '
+            "FROM chunks WHERE metric_id = ? AND first_step <= ? AND last_step >= ? "
+            "ORDER BY first_step",  # the index's order: no sort of the blobs
             (metric_id, high, low),
         )
-        chunks = (Chunk.decode(steps, values) for steps, values in rows)
-        return downsample(name, chunks, count, low, high, buckets)
+        return downsample(name, (Stored(*row) for row in rows), count, low, high, buckets)
 
     def raw(self, job_id: int, name: str, *, after: int | None, limit: int) -> RawPage | None:
         """Up to ``limit`` points with a step above ``after``, in step order, or None."""
