@@ -178,6 +178,12 @@ class Scheduler:
                 user=user, states=wanted, limit=limit, before_id=before_id, match=match
             )
 
+    async def states_of(self, job_ids: Iterable[int]) -> dict[int, tuple[JobState, str]]:
+        """(state, owner) of each listed job that exists, in one store read per 500 ids.
+        Raises :class:`SchedulerClosedError` once the scheduler has stopped."""
+        async with self._reading():
+            return await self._store.facts_of(job_ids)
+
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
         """Around a store read: once the store is closed, that is SchedulerClosedError."""

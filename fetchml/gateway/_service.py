@@ -240,6 +240,14 @@ class Service:
             self._require_some_read(who)
         return await self.scheduler.datasets.info(name)
 
+    async def states(self, who: Principal, job_ids: list[int]) -> dict[int, str]:
+        """The state of each job of ``job_ids`` that ``who`` may see (one read for a page, not
+        one per job).  Raises PermissionDeniedError."""
+        async with self._refusals("list", who):
+            self._require_some_read(who)
+        facts = await self.scheduler.states_of(job_ids)
+        return {i: state.value for i, (state, owner) in facts.items() if who.can_read_job(owner)}
+
     async def get(self, who: Principal, job_id: int) -> Job:
         """A job ``who`` may see.  Raises JobNotFoundError (also for jobs it may not see)."""
         async with self._refusals("get", who):

@@ -17,7 +17,7 @@ from quart import Quart, Response, request
 
 from .._models import Job
 from ..auth import JOBS_READ_ALL, Principal
-from ..errors import InvalidRequestError, JobNotFoundError, NotFoundError
+from ..errors import InvalidRequestError, NotFoundError
 from ..protocol import (
     ExperimentInfo,
     ExperimentsBody,
@@ -127,7 +127,7 @@ def register_tracking(app: Quart, service: Service) -> None:
             )
         )
         page = rows[:limit]
-        states = await _states(service, who, [row.job_id for row in page])
+        states = await service.states(who, [row.job_id for row in page])
         runs = [msgspec.structs.replace(row, state=states.get(row.job_id)) for row in page]
         more = str(offset + limit) if len(rows) > limit else None
         return json_response(RunsBody(experiment=name, runs=runs, next=more))
@@ -140,17 +140,6 @@ def _owner_filter(who: Principal) -> str | None:
         return None
     who.require_read_job(who.user)
     return who.user
-
-
-async def _states(service: Service, who: Principal, ids: list[int]) -> dict[int, str]:
-    """The state of each job of ``ids`` (one read each; a page is at most MAX_RUNS)."""
-    states: dict[int, str] = {}
-    for job_id in ids:
-        try:
-            states[job_id] = (await service.get(who, job_id)).state.value
-        except JobNotFoundError:
-            continue
-    return states
 
 
 def empty_run(job: Job) -> RunInfo:
