@@ -210,6 +210,15 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
         msgspec.field(default_factory=list)
     )
 
+    @property
+    def narrative(self) -> dict[str, str | None]:
+        """The research narrative as tracking keeps it with the run."""
+        return {
+            "hypothesis": self.hypothesis,
+            "intent": self.intent,
+            "expected_outcome": self.expected_outcome,
+        }
+
     def argv(self) -> list[str]:
         """The argv the executor starts (``/bin/sh -c`` for shell jobs)."""
         if isinstance(self.command, str):

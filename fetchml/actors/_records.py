@@ -131,11 +131,7 @@ class RunRecords:
             user=job.user,
             experiment=spec.experiment,
             name=spec.name,
-            narrative={
-                "hypothesis": spec.hypothesis,
-                "intent": spec.intent,
-                "expected_outcome": spec.expected_outcome,
-            },
+            narrative=spec.narrative,
             track_file=str(track_path(self._data_dir, job.id)),
             pid=pid,
             gpus=list(job.gpus),

@@ -153,11 +153,7 @@ def empty_run(job: Job) -> RunInfo:
         params={},
         tags={},
         summary={},
-        narrative={
-            "hypothesis": spec.hypothesis,
-            "intent": spec.intent,
-            "expected_outcome": spec.expected_outcome,
-        },
+        narrative=spec.narrative,
         outcome=None,
         points=0,
         invalid=0,
