@@ -147,6 +147,19 @@ async def test_log_byte_ranges(tmp_path: Path, users: Users) -> None:
         )
         assert longer.status == 206
         assert longer.headers["content-range"] == "bytes 0-54999/55000"
+        # Hostile ranges: not one byte range is the whole log; past any size is 416.
+        for hostile, status in (
+            ("bytes=abc", 206),
+            ("items=0-10", 206),
+            ("bytes=0-1,5-9", 206),
+            (f"bytes={2**70}-", 416),
+            (f"bytes=-{2**70}", 206),
+            ("bytes=10-5", 206),
+        ):
+            answer = await s.request("GET", logs, key=users.alice, headers=[("Range", hostile)])
+            assert answer.status == status, (hostile, answer.status)
+        alive = await s.request("GET", "/api/v1/whoami", key=users.alice)
+        assert alive.status == 200
         # A job that has not started has no log yet: no bytes, not an error.
         blocker = await s.request(
             "POST", "/api/v1/jobs", key=users.alice, json_body={"command": ["sleep", "30"]}
