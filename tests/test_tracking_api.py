@@ -176,6 +176,13 @@ async def test_runs_of_an_experiment_sorted_by_a_metric(tmp_path: Path, users: U
                 f"/api/v1/experiments/sweep/runs?sort=loss&order=asc&limit=2&before={second['next']}",
             )
             experiments = await get(s, users.admin, "/api/v1/experiments")
+            other_order = await s.request(
+                "GET",
+                f"/api/v1/experiments/sweep/runs?sort=loss&limit=2&before={first['next']}",
+                key=users.alice,
+            )
+    assert other_order.status == 400
+    assert other_order.error["field"] == "before"
     ordered = [row["job_id"] for page in (first, second, third) for row in page["runs"]]
     # The lowest last loss is the highest lr; the run that logged nothing comes last.
     assert ordered[:4] == [ids[0.5], ids[0.2], ids[0.1], ids[0.05]]

@@ -159,8 +159,9 @@ def tracking_paths() -> dict[str, Any]:
                     ),
                     query_param(
                         "before",
-                        {"type": "integer", "minimum": 0, "maximum": 10**9},
-                        "the `next` of the previous page",
+                        {"type": "string", "maxLength": 2048},
+                        "the `next` of the previous page (an opaque cursor of the same sort "
+                        "and order)",
                     ),
                 ],
                 "responses": {

@@ -26,7 +26,7 @@ from ..protocol import (
     RunInfo,
     RunsBody,
 )
-from ..tracking import name_problem
+from ..tracking import decode_cursor, encode_cursor, name_problem
 from ._http import caller, flag_arg, int_arg, json_response, request_struct
 from ._service import Service
 
@@ -36,7 +36,6 @@ MAX_BUCKETS = 10_000
 MAX_PAGE = 10_000
 MAX_RUNS = 1000
 _MAX_STEP = 2**62
-_MAX_OFFSET = 10**9
 
 
 def _name(value: str, field: str) -> str:
@@ -119,18 +118,19 @@ def register_tracking(app: Quart, service: Service) -> None:
         if order not in ("asc", "desc"):
             raise InvalidRequestError("order: asc or desc", field="order")
         limit = int_arg("limit", 100, low=1, high=MAX_RUNS) or 100
-        offset = int_arg("before", 0, low=0, high=_MAX_OFFSET) or 0
+        descending = order == "desc"
+        text = request.args.get("before")
+        after = None if not text else decode_cursor(text, sort=sort, descending=descending)
         owner = _owner_filter(who)
-        rows = await trio.to_thread.run_sync(
+        page, more = await trio.to_thread.run_sync(
             lambda: tracking.experiment_runs(
-                name, owner, sort=sort, descending=order == "desc", limit=limit + 1, offset=offset
+                name, owner, sort=sort, descending=descending, limit=limit, after=after
             )
         )
-        page = rows[:limit]
         states = await service.states(who, [row.job_id for row in page])
         runs = [msgspec.structs.replace(row, state=states.get(row.job_id)) for row in page]
-        more = str(offset + limit) if len(rows) > limit else None
-        return json_response(RunsBody(experiment=name, runs=runs, next=more))
+        cursor = None if more is None else encode_cursor(more)
+        return json_response(RunsBody(experiment=name, runs=runs, next=cursor))
 
 
 def _owner_filter(who: Principal) -> str | None:

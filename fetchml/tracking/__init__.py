@@ -4,6 +4,7 @@ program speaking the line protocol, ``_lines``), read by the :class:`Tracker` ac
 queries the gateway serves, the :class:`MetricFeed` of live points, and the transport of runs
 elsewhere (``_upload``: a Ray node's lines sent to the server, :data:`TRACK_SENDER`)."""
 
+from ._cursor import RunsCursor, decode_cursor, encode_cursor
 from ._feed import METRIC_WATCH_BUFFER, MetricFeed, MetricWatch, Point
 from ._lines import MAX_NAME, Batch, name_problem, parse_lines
 from ._store import TrackingStore
@@ -25,11 +26,14 @@ __all__ = [
     "Point",
     "RunEnded",
     "RunStarted",
+    "RunsCursor",
     "Sampler",
     "SystemSampler",
     "Tracker",
     "TrackingStore",
     "append_track",
+    "decode_cursor",
+    "encode_cursor",
     "name_problem",
     "parse_lines",
 ]

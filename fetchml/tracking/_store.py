@@ -24,6 +24,7 @@ from typing import Any
 
 from ..protocol import Buckets, MetricSummary, RawPage, RunInfo, RunRow
 from ..store import connect, migrate, transaction
+from ._cursor import RunsCursor, cursor_after
 from ._lines import Batch
 from ._series import CHUNK_POINTS, Chunk, Stored, downsample
 
@@ -478,24 +479,37 @@ class TrackingStore:
         sort: str | None,
         descending: bool,
         limit: int,
-        offset: int,
-    ) -> list[RunRow]:
-        """A page of an experiment's runs (of ``user``; None: anyone's): sorted by the last
-        value of the metric ``sort`` (runs without it last), else newest first."""
+        after: RunsCursor | None = None,
+    ) -> tuple[list[RunRow], RunsCursor | None]:
+        """A page of at most ``limit`` of an experiment's runs (of ``user``; None: anyone's),
+        after the run ``after`` ends a previous page with: sorted by the last value of the
+        metric ``sort`` (runs without it last), else newest first; ties newest first.  Returns
+        the page and the cursor of the next one (None: this is the last)."""
         where = "r.experiment = ?" + (" AND r.user = ?" if user is not None else "")
         params: list[Any] = [experiment] + ([user] if user is not None else [])
         if sort is None:
-            sql = f"SELECT r.job_id FROM runs r WHERE {where} ORDER BY r.job_id DESC"
+            if after is not None:
+                where += " AND r.job_id < ?"
+                params.append(after.job_id)
+            sql = f"SELECT r.job_id, 0, NULL FROM runs r WHERE {where} ORDER BY r.job_id DESC"
         else:
-            direction = "DESC" if descending else "ASC"
+            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
+            if after is not None:
+                where += _after_clause(after, beyond)
+                params += _after_params(after)
             sql = (
-                "SELECT r.job_id FROM runs r LEFT JOIN metrics m ON m.job_id = r.job_id AND "
-                f"m.name = ? WHERE {where} ORDER BY (m.last IS NULL), m.last {direction}, "
-                "r.job_id DESC"
+                "SELECT r.job_id, m.last IS NULL, m.last FROM runs r LEFT JOIN metrics m ON "
+                f"m.job_id = r.job_id AND m.name = ? WHERE {where} "
+                f"ORDER BY (m.last IS NULL), m.last {direction}, r.job_id DESC"
             )
             params.insert(0, sort)
-        ids = [row[0] for row in self._rows(f"{sql} LIMIT ? OFFSET ?", (*params, limit, offset))]
-        return self._run_rows(ids)
+        keys = self._rows(f"{sql} LIMIT ?", (*params, limit + 1))
+        page = keys[:limit]
+        more = None
+        if len(keys) > limit:
+            job_id, missing, last = page[-1]
+            more = cursor_after(sort, descending, bool(missing), last, job_id)
+        return self._run_rows([row[0] for row in page]), more
 
     def _run_rows(self, ids: list[int]) -> list[RunRow]:
         if not ids:
@@ -526,3 +540,17 @@ class TrackingStore:
             )
             for job_id in ids
         ]
+
+
+def _after_clause(after: RunsCursor, beyond: str) -> str:
+    """The condition of the runs that sort after ``after`` (``beyond``: ``<`` descending, ``>``
+    ascending): runs with a value sort before runs without one, ties by job id, newest first."""
+    if after.missing:
+        return " AND m.last IS NULL AND r.job_id < ?"
+    return f" AND (m.last IS NULL OR m.last {beyond} ? OR (m.last = ? AND r.job_id < ?))"
+
+
+def _after_params(after: RunsCursor) -> list[Any]:
+    if after.missing:
+        return [after.job_id]
+    return [after.last, after.last, after.job_id]
