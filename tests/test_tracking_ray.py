@@ -9,6 +9,7 @@ skipped.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         stop_cluster(running)
 
 
-def ray_server_config(data_dir: Path, users: Users, address: str) -> fetchml.Config:
+def ray_server_config(
+    data_dir: Path, users: Users, address: str, system_interval_s: float = 10.0
+) -> fetchml.Config:
     port = free_port()
     ray: dict[str, Any] = {
         "address": address,
@@ -74,7 +77,7 @@ def ray_server_config(data_dir: Path, users: Users, address: str) -> fetchml.Con
         ray=ray,
         kill_grace_s=0.5,
         limits=HIGH_LIMITS,
-        tracking={"ingest_interval_s": 0.1},
+        tracking={"ingest_interval_s": 0.1, "system_interval_s": system_interval_s},
     )
 
 
@@ -122,8 +125,68 @@ async def test_a_ray_run_logs_metrics_that_reach_the_server(
     assert job["state"] == "succeeded", log
     assert got["step"] == list(range(100))
     assert got["value"] == [1.0 / (step + 1) for step in range(100)]
-    assert (info["points"], info["params"], info["summary"]) == (100, {"lr": 0.01}, {"best": 0.01})
+    assert (info["params"], info["summary"]) == ({"lr": 0.01}, {"best": 0.01})
+    counts = {m["name"]: m["count"] for m in info["metrics"]}
+    assert counts["loss"] == 100
+    assert info["points"] == sum(counts.values())  # with the node's system samples
     assert info["experiment"] == "ray-sweep"
     assert hidden.status == 404
     assert "[fetchml] metrics" not in log
     assert "fetchml.track: not inside a Fetch ML job" not in log
+
+
+# Holds 64 MiB and keeps a core busy for two seconds on the GPU node.
+BUSY = """
+import time
+held = b"x" * (64 << 20)
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    pass
+"""
+SMI = "#!/bin/sh\necho '0, GPU-aaaa, 31, 1024, 16000'\necho '1, GPU-bbbb, 77, 4096, 16000'\n"
+
+
+async def test_a_ray_run_has_system_metrics_of_its_processes_and_its_gpu(
+    cluster: RayCluster, data_dir: Path, tmp_path: Path
+) -> None:
+    users = Users()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text(SMI)
+    (tools / "nvidia-smi").chmod(0o755)
+    spec = {
+        "command": [sys.executable, "-c", BUSY],
+        "resources": {"gpus": 1},
+        # The node's nvidia-smi: a stand-in that lists two GPUs.
+        "env": {"PATH": f"{tools}:{os.environ['PATH']}"},
+    }
+    with trio.fail_after(WITHIN):
+        async with (
+            serve(ray_server_config(data_dir, users, cluster.address, 0.2)) as base,
+            HttpSession(base) as s,
+        ):
+            response = await s.request("POST", "/api/v1/jobs", key=users.alice, json_body=spec)
+            assert response.status == 201, response.body
+            job_id: int = response.json()["job"]["id"]
+            job = await until_job(
+                s, users.alice, job_id, ("succeeded", "failed", "cancelled"), WITHIN
+            )
+            info = await s.request("GET", f"/api/v1/jobs/{job_id}/metrics", key=users.bob)
+            mine = await s.request("GET", f"/api/v1/jobs/{job_id}/metrics", key=users.alice)
+    log = (data_dir / "jobs" / str(job_id) / "log").read_text()
+    assert job["state"] == "succeeded", log
+    assert info.status == 404  # another researcher's run
+    metrics = {m["name"]: m for m in mine.json()["metrics"]}
+    # Ray gave the run GPU 0 of the node (CUDA_VISIBLE_DEVICES=0): only that one is sampled.
+    assert set(metrics) == {
+        "sys/cpu_percent",
+        "sys/rss_mb",
+        "sys/processes",
+        "sys/gpu0/util_percent",
+        "sys/gpu0/memory_used_mb",
+        "sys/gpu0/memory_total_mb",
+    }, log
+    assert metrics["sys/gpu0/util_percent"]["last"] == 31
+    assert metrics["sys/rss_mb"]["max"] > 64
+    assert metrics["sys/cpu_percent"]["max"] > 25
+    assert "[fetchml] metrics" not in log

@@ -39,7 +39,10 @@ def users() -> Users:
     return Users()
 
 
-def config(data_dir: Path, users: Users, port: int = 0) -> fetchml.Config:
+def config(
+    data_dir: Path, users: Users, port: int = 0, system_interval_s: float = 10.0
+) -> fetchml.Config:
+    """A local server; it samples its own (stand-in) jobs every ``system_interval_s``."""
     auth_file = users.write(data_dir.parent / "auth.yaml")
     return fetchml.make_config(
         data_dir=str(data_dir),
@@ -51,7 +54,7 @@ def config(data_dir: Path, users: Users, port: int = 0) -> fetchml.Config:
         kill_grace_s=0.5,
         limits=HIGH_LIMITS,
         snapshots={"part_bytes": PART},
-        tracking={"ingest_interval_s": 0.05},
+        tracking={"ingest_interval_s": 0.05, "system_interval_s": system_interval_s},
     )
 
 
@@ -347,3 +350,85 @@ async def test_the_wrapper_sends_the_last_lines_before_the_job_ends(
     assert b"outputs' turn: the sender is done" in done.stderr
     assert [json.loads(text)["step"] for text in stored.splitlines()] == list(range(20))
     assert sorted(p.name for p in node.iterdir()) == [".fetchml-output"]
+
+
+# Logs without steps (they must stay 0, 1, 2...: the samples between do not count), while it
+# holds 64 MiB and keeps a core busy for a while.
+BUSY_JOB = """
+import time
+from fetchml import track
+held = b"x" * (64 << 20)
+end, n, logged = time.monotonic() + 1.5, 0, 0
+while time.monotonic() < end:
+    n += 1
+    if n % 50000 == 0:
+        track.log({"loss": 1.0 / (logged + 1)})
+        logged += 1
+print("logged", logged)
+"""
+SMI = "echo '0, GPU-aaaa, 10, 100, 16000'; echo '1, GPU-bbbb, 55, 2048, 16000'"
+
+
+async def test_the_sender_samples_the_jobs_processes_and_gpus_on_the_node(
+    data_dir: Path, users: Users, tmp_path: Path
+) -> None:
+    node, tools = tmp_path / "node", tmp_path / "bin"
+    node.mkdir()
+    tools.mkdir()
+    smi = tools / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\n{SMI}\n")
+    smi.chmod(0o755)
+    with trio.fail_after(60):
+        # The server samples nothing itself (its stand-in job is not the run on the node).
+        async with (
+            serve(config(data_dir, users, system_interval_s=3600)) as base,
+            HttpSession(base) as s,
+        ):
+            job_id, token = await start_job(s, users.alice, data_dir)
+            results = Results(base, job_id, 1, token, PART, system_interval_s=0.2)
+            env = {
+                **os.environ,
+                **results.env(),
+                "FETCHML_JOB_ID": str(job_id),
+                "FETCHML_ATTEMPT": "1",
+                "TMPDIR": str(node),
+                "FETCHML_TRACK_SEND_S": "0.1",
+                "FETCHML_UPLOADER": "pass",
+                "PATH": f"{tools}:{os.environ['PATH']}",
+                "CUDA_VISIBLE_DEVICES": "1",  # as Ray sets it for a run given GPU 1
+            }
+            wrapper = entrypoint(JobSpec(command=[sys.executable, "-c", BUSY_JOB]), results=True)
+            done = await trio.run_process(
+                ["/bin/sh", "-c", wrapper], env=env, cwd=node, capture_stdout=True, check=False
+            )
+            logged = int(done.stdout.split()[-1])
+            await until_steps(s, users.alice, job_id, logged)
+            info = (
+                await s.request("GET", f"/api/v1/jobs/{job_id}/metrics", key=users.alice)
+            ).json()
+            loss = await raw_steps(s, users.alice, job_id, "loss")
+            cpu = await s.request(
+                "GET", f"/api/v1/jobs/{job_id}/metrics/sys/cpu_percent?raw=1", key=users.alice
+            )
+            await s.request("POST", f"/api/v1/jobs/{job_id}/cancel", key=users.alice)
+    assert done.returncode == 0
+    metrics = {m["name"]: m for m in info["metrics"]}
+    assert loss == list(range(logged))
+    assert logged > 0
+    assert set(metrics) == {
+        "loss",
+        "sys/cpu_percent",
+        "sys/rss_mb",
+        "sys/processes",
+        "sys/gpu1/util_percent",
+        "sys/gpu1/memory_used_mb",
+        "sys/gpu1/memory_total_mb",
+    }
+    assert metrics["sys/processes"]["count"] >= 3
+    assert metrics["sys/rss_mb"]["max"] > 64  # the job's 64 MiB, not the sender's
+    assert metrics["sys/cpu_percent"]["max"] > 25  # it spins: ~100 on an idle machine
+    assert metrics["sys/gpu1/util_percent"]["last"] == 55
+    assert metrics["sys/gpu1/memory_used_mb"]["last"] == 2048
+    steps = cpu.json()["step"]
+    assert steps == list(range(len(steps)))  # each sample at the next step of its metric
+    assert info["invalid"] == 0

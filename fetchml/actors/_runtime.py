@@ -313,7 +313,10 @@ async def _make_backend(config: Config) -> Backend[Any]:
         from .backends._ray import RayBackend  # Ray itself is imported only now
 
         return await RayBackend.create(
-            config.data_path, config.executor.ray, part_bytes=config.snapshots.part_bytes
+            config.data_path,
+            config.executor.ray,
+            part_bytes=config.snapshots.part_bytes,
+            system_interval_s=config.tracking.system_interval_s,
         )
     return LocalBackend(config.data_path)
 

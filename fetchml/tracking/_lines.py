@@ -1,11 +1,14 @@
 """The line protocol of track files: one JSON object per line, as ``fetchml.track`` writes it.
 
 ``{"step": 3, "time": 1764700000.5, "metrics": {"loss": 0.31}}``, ``{"params": {...}}``,
-``{"tags": {...}}``, ``{"summary": {...}}``; ``step`` and ``time`` are optional.  A line that is
-not one of these (bad JSON, a name that is empty, longer than :data:`MAX_NAME` or has control
-characters, a value that is not a finite number, an unknown key) is counted and skipped: a job
-that writes a bad line is never stopped for it.  A last line without its newline is left for
-the next read (the job may be writing it).  Lines end at ``\\n`` only.
+``{"tags": {...}}``, ``{"summary": {...}}``; ``step`` and ``time`` are optional.
+``{"system": {"sys/cpu_percent": 12.5}, "time": ...}`` is a system sample (what a Ray run's
+sender measures beside the job): names under ``sys/``, no ``step`` (each point goes at the next
+step of its own metric, as the server's own samples do) and nothing else on the line.  A line
+that is not one of these (bad JSON, a name that is empty, longer than :data:`MAX_NAME` or has
+control characters, a value that is not a finite number, an unknown key) is counted and
+skipped: a job that writes a bad line is never stopped for it.  A last line without its
+newline is left for the next read (the job may be writing it).  Lines end at ``\\n`` only.
 
 Reading is the server's hot path (a job may log a million points a second), so it is done in
 C where it can be: the lines are decoded by msgspec into a typed record many lines per call
@@ -57,6 +60,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     params: dict[str, Any] | msgspec.UnsetType = _UNSET
     tags: dict[str, Any] | msgspec.UnsetType = _UNSET
     summary: dict[str, Any] | msgspec.UnsetType = _UNSET
+    system: dict[str, float] | msgspec.UnsetType = _UNSET
 
 
 _decoder = msgspec.json.Decoder(_Line)
@@ -126,6 +130,8 @@ class Batch:
         self.summary: dict[str, Any] = dict(summary or {})
         self.invalid = invalid
         self.consumed = consumed
+        # System samples, (name, value, time) in order: their steps are the store's to give.
+        self.system: list[tuple[str, float, float]] = []
         self._listed: list[Point] | None = None if points is None else list(points)
         self._segments: list[_Segment] = []
         self._size = 0
@@ -206,6 +212,8 @@ class Batch:
         metrics = line.metrics
         if metrics is _UNSET and line == _EMPTY:
             return None
+        if line.system is not _UNSET:
+            return self._take_system(line, next_step, now)
         given = (("params", line.params), ("tags", line.tags), ("summary", line.summary))
         extras = [(key, value) for key, value in given if value is not _UNSET]
         if extras and any(_values(value) is None for _, value in extras):
@@ -226,6 +234,21 @@ class Batch:
             next_step = step + 1
         for key, value in extras:
             getattr(self, key).update(value)
+        return next_step
+
+    def _take_system(self, line: _Line, next_step: int, now: float) -> int | None:
+        """Add a system sample line; None if it is invalid (a name not under ``sys/``, a step
+        or anything but its time beside it)."""
+        system = line.system
+        if (
+            isinstance(system, msgspec.UnsetType)
+            or msgspec.structs.replace(line, system=_UNSET, time=_UNSET) != _EMPTY
+        ):
+            return None
+        if not all(name.startswith("sys/") for name in system) or not _names_ok(system):
+            return None
+        when = now if isinstance(line.time, msgspec.UnsetType) else line.time
+        self.system += [(name, value, when) for name, value in system.items()]
         return next_step
 
 
@@ -266,6 +289,7 @@ def _take_all(batch: Batch, lines: list[_Line], next_step: int, now: float) -> i
             and line.params is _UNSET
             and line.tags is _UNSET
             and line.summary is _UNSET
+            and line.system is _UNSET
         ):
             keys = tuple(metrics)
             if keys == names:

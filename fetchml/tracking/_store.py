@@ -25,7 +25,7 @@ from typing import Any
 from ..protocol import Buckets, MetricSummary, RawPage, RunInfo, RunRow
 from ..store import connect, migrate, transaction
 from ._cursor import RunsCursor, cursor_after
-from ._lines import Batch
+from ._lines import Batch, Columns, Point
 from ._series import CHUNK_POINTS, Chunk, Stored, downsample
 
 __all__ = ["DB_NAME", "TrackingStore"]
@@ -206,10 +206,13 @@ class TrackingStore:
 
     def ingest(
         self, job_id: int, batch: Batch, *, offset: int, next_step: int, max_points: int
-    ) -> int:
+    ) -> tuple[int, list[Point]]:
         """Store ``batch`` (read from the run's track file up to ``offset``) in one transaction,
-        with the new offset.  Points past ``max_points`` for the run are counted as dropped.
-        Returns the points stored.  Raises sqlite3 errors (nothing is stored then)."""
+        with the new offset.  Points past ``max_points`` for the run (its system samples
+        included: they come from the file too) are counted as dropped.  Returns how many of
+        the batch's points are stored (its first ones) and the system points stored, as
+        ``(name, step, value, time)``, each at the next step of its metric.  Raises sqlite3
+        errors (nothing is stored then)."""
         try:
             with self._transaction() as conn:
                 return self._ingest(conn, job_id, batch, offset, next_step, max_points)
@@ -220,7 +223,7 @@ class TrackingStore:
 
     def _ingest(
         self, conn: Any, job_id: int, batch: Batch, offset: int, next_step: int, max_points: int
-    ) -> int:
+    ) -> tuple[int, list[Point]]:
         row = conn.execute(
             "SELECT points, params, tags, summary FROM runs WHERE job_id = ?", (job_id,)
         ).fetchone()
@@ -231,6 +234,8 @@ class TrackingStore:
         taken = min(int(room), batch.size)
         for name, (steps, values, times) in batch.columns(taken).items():
             self._append(conn, job_id, name, steps, values, times)
+        system = self._append_system(conn, job_id, batch.system[: max(0, room - taken)])
+        wanted = batch.size + len(batch.system)
         merged = [
             json.dumps({**json.loads(old), **new}) if new else old
             for old, new in ((params, batch.params), (tags, batch.tags), (summary, batch.summary))
@@ -242,14 +247,35 @@ class TrackingStore:
             (
                 offset,
                 next_step,
-                taken,
+                taken + len(system),
                 batch.invalid,
-                batch.size - taken,
+                wanted - taken - len(system),
                 *merged,
                 job_id,
             ),
         )
-        return taken
+        return taken, system
+
+    def _append_system(
+        self, conn: Any, job_id: int, samples: list[tuple[str, float, float]]
+    ) -> list[Point]:
+        """Store system samples ``(name, value, time)``, each at the next step of its metric;
+        the points stored."""
+        columns: dict[str, Columns] = {}
+        for name, value, when in samples:
+            column = columns.get(name)
+            if column is None:
+                metric = self._metric(conn, job_id, name)
+                step = metric.summary[2] + 1 if metric.summary[0] else 0
+                column = columns[name] = ([], [], [])
+            else:
+                step = column[0][-1] + 1
+            column[0].append(step)
+            column[1].append(value)
+            column[2].append(when)
+        for name, (steps, values, times) in columns.items():
+            self._append(conn, job_id, name, steps, values, times)
+        return [(n, c[0][i], v, c[2][i]) for n, c in columns.items() for i, v in enumerate(c[1])]
 
     def add_points(
         self, job_id: int, points: dict[str, float], when: float

@@ -251,14 +251,14 @@ class Tracker:
                 )
                 return True, []
             return False, []
-        stored = self._store.ingest(
+        stored, system = self._store.ingest(
             job_id,
             batch,
             offset=offset + batch.consumed,
             next_step=next_step,
             max_points=self._settings.max_points_per_run,
         )
-        return len(data) >= READ_LIMIT, batch.points[:stored] if watched else []
+        return len(data) >= READ_LIMIT, batch.points[:stored] + system if watched else []
 
     async def _sample(self) -> None:
         """Record a system sample of every running job with a process here."""

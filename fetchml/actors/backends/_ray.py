@@ -123,6 +123,7 @@ class Results:
     attempt: int
     token: str
     part_bytes: int
+    system_interval_s: float = 0.0  # how often the sender samples the job (0: never)
 
     def env(self) -> dict[str, str]:
         """The environment the uploader and the track sender read (the token never goes on a
@@ -135,6 +136,7 @@ class Results:
             "FETCHML_PART_BYTES": str(self.part_bytes),
             "FETCHML_TRACK_SEND_S": str(TRACK_SEND_S),
             "FETCHML_TRACK_FINAL_S": str(TRACK_FINAL_S),
+            "FETCHML_SYSTEM_INTERVAL_S": str(self.system_interval_s),
         }
 
 
@@ -181,9 +183,13 @@ class RayBackend(Backend[RayRun]):
         instance: str,
         *,
         part_bytes: int = 8 << 20,
+        system_interval_s: float = 0.0,
     ) -> None:
+        """``system_interval_s``: how often a run's track sender samples its processes and
+        GPUs on the node (0: never; only with ``settings.callback_url``)."""
         self._data_dir = data_dir
         self._part_bytes = part_bytes
+        self._system_interval_s = system_interval_s
         self.host = f"ray cluster at {settings.address}"
         self._settings = settings
         self._client = client
@@ -194,7 +200,12 @@ class RayBackend(Backend[RayRun]):
 
     @classmethod
     async def create(
-        cls, data_dir: Path, settings: RaySettings, *, part_bytes: int = 8 << 20
+        cls,
+        data_dir: Path,
+        settings: RaySettings,
+        *,
+        part_bytes: int = 8 << 20,
+        system_interval_s: float = 0.0,
     ) -> RayBackend:
         """Import Ray and read (or make) the data dir's instance id, in a worker thread.
 
@@ -213,7 +224,14 @@ class RayBackend(Backend[RayRun]):
 
         instance = await trio.to_thread.run_sync(prepare)
         client = RayClient(settings.address, timeout=settings.request_timeout_s)
-        return cls(data_dir, settings, client, instance, part_bytes=part_bytes)
+        return cls(
+            data_dir,
+            settings,
+            client,
+            instance,
+            part_bytes=part_bytes,
+            system_interval_s=system_interval_s,
+        )
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Ray client call in a worker thread; raises what it raises.
@@ -279,6 +297,7 @@ class RayBackend(Backend[RayRun]):
                 job.attempts,
                 token,
                 self._part_bytes,
+                self._system_interval_s,
             )
             env.update(results.env())
         metadata = {
