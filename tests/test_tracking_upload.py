@@ -27,7 +27,7 @@ import fetchml
 from fetchml import JobSpec
 from fetchml.actors.backends import job_dir, track_path
 from fetchml.actors.backends._ray import Results, entrypoint
-from fetchml.artifacts import new_run_token
+from fetchml.artifacts import check_run_token, run_token
 from fetchml.tracking import TRACK_SENDER, TRACK_SIZE_HEADER, append_track
 
 PART = 1 << 16
@@ -70,7 +70,7 @@ async def start_job(s: HttpSession, key: str, data_dir: Path) -> tuple[int, str]
     assert response.status == 201, response.body
     job_id: int = response.json()["job"]["id"]
     await until_job(s, key, job_id, ("running",))
-    return job_id, new_run_token(job_dir(data_dir, job_id), 1)
+    return job_id, run_token(job_dir(data_dir, job_id), 1)
 
 
 async def put(
@@ -138,7 +138,7 @@ async def test_the_track_route_appends_in_order_and_refuses_what_it_must(
             assert await until_steps(s, users.alice, job_id, 3) == [0, 1, 2]
 
             # Another attempt's token, of an attempt the job does not run.
-            other = new_run_token(job_dir(data_dir, job_id), 2)
+            other = run_token(job_dir(data_dir, job_id), 2)
             status, size, body = await put(s, job_id, other, line(3), offset=0, attempt=2)
             assert (status, size, body["error"]["code"]) == (409, None, "conflict")
             assert "current" in body["error"]["message"]
@@ -432,3 +432,18 @@ async def test_the_sender_samples_the_jobs_processes_and_gpus_on_the_node(
     steps = cpu.json()["step"]
     assert steps == list(range(len(steps)))  # each sample at the next step of its metric
     assert info["invalid"] == 0
+
+
+def test_an_attempts_run_token_is_made_once(tmp_path: Path) -> None:
+    """A start retried after a lost reply finds the run on the cluster with the token it was
+    given first: the same attempt always gets that token; another attempt another one."""
+    folder = tmp_path / "jobs" / "7"
+    first = run_token(folder, 1)
+    assert run_token(folder, 1) == first
+    assert run_token(folder, 2) != first
+    assert check_run_token(folder, 1, first)
+    assert not check_run_token(folder, 2, first)
+    (folder / "run.3.token").write_text("")  # left empty by a crash mid-write
+    made = run_token(folder, 3)
+    assert made
+    assert check_run_token(folder, 3, made)

@@ -3,7 +3,7 @@ the output folder, and its ``run_manifest.json``."""
 
 from ._outputs import MANIFEST_NAME, OutputFile, list_outputs, tar_outputs
 from ._paths import OutsideError, open_inside
-from ._results import UPLOADER, check_run_token, new_run_token, receive_results
+from ._results import UPLOADER, check_run_token, receive_results, run_token
 from ._run_manifest import (
     Gpu,
     RunManifest,
@@ -27,10 +27,10 @@ __all__ = [
     "check_run_token",
     "finished_manifest",
     "list_outputs",
-    "new_run_token",
     "open_inside",
     "read_run_manifest",
     "receive_results",
+    "run_token",
     "started_manifest",
     "tar_outputs",
     "validate_run",

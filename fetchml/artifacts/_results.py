@@ -23,21 +23,32 @@ from pathlib import Path
 
 from ..errors import InvalidRequestError, StorageFullError
 
-__all__ = ["UPLOADER", "check_run_token", "new_run_token", "receive_results"]
+__all__ = ["UPLOADER", "check_run_token", "receive_results", "run_token"]
 
 
 def _token_path(job_dir: Path, attempt: int) -> Path:
     return job_dir / f"run.{attempt}.token"
 
 
-def new_run_token(job_dir: Path, attempt: int) -> str:
-    """A fresh token for attempt ``attempt``, saved where :func:`check_run_token` finds it."""
+def run_token(job_dir: Path, attempt: int) -> str:
+    """The token of attempt ``attempt``, saved where :func:`check_run_token` finds it: made on
+    the first call, the same on every later one (a start retried after its reply was lost may
+    find the attempt already running with it).  Blocks on small file operations; raises
+    OSError."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
     path = _token_path(job_dir, attempt)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if token:
+            return token
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # left empty by a crash mid-write
+    token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as handle:
         handle.write(token)
+        handle.flush()
+        os.fsync(handle.fileno())
     return token
 
 

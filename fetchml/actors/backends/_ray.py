@@ -37,7 +37,7 @@ import trio
 
 from ..._config import RaySettings
 from ..._models import Job, JobSpec
-from ...artifacts import UPLOADER, new_run_token
+from ...artifacts import UPLOADER, run_token
 from ...errors import BackendUnavailableError, ConfigError, JobStartError
 from ...tracking import TRACK_FINAL_S, TRACK_SEND_S, TRACK_SENDER
 from ._base import Backend, Capacity, Ended, dataset_env
@@ -290,7 +290,7 @@ class RayBackend(Backend[RayRun]):
             working_dir = str(work_dir(self._data_dir, job.id))
         results = None
         if self._settings.callback_url:
-            token = new_run_token(job_dir(self._data_dir, job.id), job.attempts)
+            token = run_token(job_dir(self._data_dir, job.id), job.attempts)
             results = Results(
                 self._settings.callback_url.rstrip("/"),
                 job.id,
