@@ -504,3 +504,24 @@ async def test_a_closed_connection_wakes_the_tasks_waiting_for_room(
         else:
             with pytest.raises(trio.TooSlowError):
                 await until_metric(base, "fetchml_websocket_connections", 0, within=BOUND_S)
+
+
+# ---- the direct write of patch 4 ---------------------------------------------------------------
+
+
+async def test_a_frame_with_no_write_in_progress_is_written_at_once_or_left() -> None:
+    """``_write_now`` writes what the socket takes, without a checkpoint, and leaves the rest;
+    a closed socket or a TLS stream is left to the queued write (and its error handling)."""
+    ours, peer = trio.socket.socketpair()
+    stream = trio.SocketStream(ours)
+    with trio.testing.assert_no_checkpoints():
+        assert fix._write_now(stream, b"hello") == b""
+    assert await peer.recv(16) == b"hello"
+    big = b"x" * (64 << 20)  # far more than the socket buffers hold
+    rest = fix._write_now(stream, big)
+    assert 0 < len(rest) < len(big)
+    assert big.endswith(rest)
+    assert fix._write_now(object(), b"tls") == b"tls"  # not a plain SocketStream
+    await stream.aclose()
+    assert fix._write_now(stream, b"late") == b"late"
+    peer.close()

@@ -21,6 +21,7 @@ from ._datasets import register_datasets
 from ._files import register_files
 from ._http import api_key_from, json_response, register_http
 from ._metrics import Metrics
+from ._pacing import FramePacer
 from ._security import install_security
 from ._service import Service
 from ._snapshots import body_limit, register_snapshots
@@ -55,6 +56,7 @@ def create_app(
     register_tracking(app, service)
     register_datasets(app, service)
     register_web(app)
+    pacer = FramePacer()  # one tick for every batching subscriber of this server
 
     @app.websocket("/ws")
     async def ws() -> Response | None:
@@ -72,7 +74,11 @@ def create_app(
         metrics.websockets.inc()
         try:
             await Connection(
-                service, closing, principal, subscriber_buffer=settings.subscriber_buffer
+                service,
+                closing,
+                principal,
+                subscriber_buffer=settings.subscriber_buffer,
+                pacer=pacer,
             ).serve()
         except Exception as exc:  # a fault of ours in this connection's own tasks
             user = principal.user if principal is not None else "a client"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import inspect
+import os
 import re
 import weakref
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ CLOSE_TIMEOUT_S = 5.0
 COALESCE_LIMIT = 256 * 1024
 CLOSE_TOO_BIG = 1009
 _MARK = "_fetchml_shielded_close"
+# os.write on a socket's descriptor (the direct write of patch 4) works on POSIX systems only.
+_POSIX = os.name == "posix"
 # Set on each replacement method: the hypercorn method it wraps (what check_targets inspects).
 _ORIGINAL = "_fetchml_original"
 
@@ -441,6 +444,12 @@ def _apply_write_coalescing() -> None:
     a client that pipelined many requests and stopped reading leaves every request slot of its
     WebSocket with a task waiting for room, so the app reads nothing, its receive queue is full,
     and telling the protocol (a ``websocket.disconnect`` put on that queue) waits on them.
+    A frame that finds nothing in progress on a plain (not TLS) socket is written at once,
+    without waiting (:func:`_write_now`): the socket's buffer takes it whole unless the peer is
+    slow, and the lock, the shielded scope and the two scheduler round trips of ``send_all``
+    cost more than the write itself, which a server that fans one event out to a thousand
+    subscribers pays a thousand times (bench/bench_gateway_fanout.py); what does not fit is
+    queued and written as above.
     Upstream: no report found (a performance change, not a bug of hypercorn's).
     """
     original: Callable[[Any, Event], Awaitable[None]] = TCPServer.protocol_send
@@ -454,8 +463,14 @@ def _apply_write_coalescing() -> None:
             outgoing = self._fetchml_outgoing = _Outgoing()  # type: ignore[attr-defined]
         if outgoing.closed:
             return  # nothing reaches the peer any more (hypercorn's own send would fail)
-        outgoing.data += event.data
         lock: trio.Lock = self.send_lock
+        if lock.locked() or outgoing.data:
+            outgoing.data += event.data
+        else:
+            rest = _write_now(self.stream, event.data)
+            if not rest:
+                return
+            outgoing.data += rest
         if lock.locked():
             while len(outgoing.data) > COALESCE_LIMIT and lock.locked() and not outgoing.closed:
                 await outgoing.written.wait()
@@ -464,6 +479,26 @@ def _apply_write_coalescing() -> None:
             await _write_queued(self, outgoing)
 
     _replace(TCPServer, "protocol_send", protocol_send, original)
+
+
+def _write_now(stream: object, data: bytes) -> bytes:
+    """Write what the socket under ``stream`` takes of ``data`` at once, without waiting or
+    a checkpoint; what is left (all of it for a TLS stream, a socket that would block, or one
+    that fails: the queued write meets the failure again and closes the connection as usual).
+
+    Only with no write in progress (the caller checks the send lock and the queue), so nothing
+    else is writing to the socket meanwhile and the bytes stay in order.
+    """
+    if _POSIX and type(stream) is trio.SocketStream:
+        sock = stream.socket
+        fd = sock.fileno()  # -1 once closed: never write to a number that may be reused
+        if fd != -1 and not sock.did_shutdown_SHUT_WR:
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                return data
+            return data[sent:]
+    return data
 
 
 def _release_waiting_senders(server: TCPServer) -> None:

@@ -6,8 +6,9 @@ handled before the next frame is read, so a client that subscribes and then subm
 events of its submit.  Each subscription is a task that forwards events; a client that cannot keep
 up lets its subscription fall behind, which the notifier answers by dropping it, and the
 connection is then closed with a reason (4008, :data:`CLOSE_TOO_SLOW`).  A subscription opened
-with ``batch`` sends the job events already waiting for it in one ``jobs`` frame, so a busy server
-spends a frame per subscriber on several events (and one that keeps reading falls behind far less);
+with ``batch`` sends the job events already waiting for it in one ``jobs`` frame, at most about one
+frame per tick of the server's :class:`FramePacer`, so a busy server spends a frame per subscriber
+and tick on however many events came (and one that keeps reading falls behind far less);
 each event's entry in those frames is encoded once per frame format for all subscribers
 (:class:`EventEntries`).  At shutdown every connection is closed with 1001.
 Frames that several tasks send at once go out together, in order, in one write (the gateway's
@@ -82,6 +83,7 @@ from ..protocol import (
 )
 from ..tracking import MetricWatch
 from ._context import source_address
+from ._pacing import FramePacer
 from ._service import Service
 
 __all__ = ["MAX_IN_FLIGHT", "Connection", "EventEntries"]
@@ -140,8 +142,11 @@ class Connection:
         principal: Principal | None,
         *,
         subscriber_buffer: int,
+        pacer: FramePacer | None = None,
     ) -> None:
         self._service = service
+        # Batching subscriptions send at most a frame per tick (one pacer for the server).
+        self._pacer = pacer or FramePacer()
         self._closing = closing
         self._who = principal
         self._buffer = subscriber_buffer
@@ -409,21 +414,45 @@ class Connection:
         self, codec: Codec, sub_id: int, subscription: Subscription, *, batch: bool
     ) -> None:
         """Send the subscription's job events as they come: each in a ``job`` frame, or with
-        ``batch`` every one already waiting behind the first together (:meth:`_send_batch`).
+        ``batch`` paced (:meth:`_forward_batches`).
 
-        Waits on the subscription and the socket; never for a batch to fill.  A dropped
-        subscription closes the connection with 4008.
+        Waits on the subscription and the socket.  A dropped subscription closes the connection
+        with 4008.
         """
         try:
             async with subscription:
+                if batch:
+                    await self._forward_batches(codec, sub_id, subscription)
+                    return
                 async for event in subscription:
-                    waiting = subscription.take_waiting(MAX_BATCH_EVENTS - 1) if batch else None
-                    if waiting:
-                        await self._send_batch(codec, sub_id, [event, *waiting])
-                    else:
-                        await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
+                    await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
         except SubscriberDroppedError as exc:
             await self._close(CLOSE_TOO_SLOW, f"too slow: {exc.message}")
+
+    async def _forward_batches(self, codec: Codec, sub_id: int, subscription: Subscription) -> None:
+        """Send every event waiting in one frame (:meth:`_send_batch`), then wait for the
+        pacer's next tick before the next frame, so a subscriber costs about a frame per tick
+        however fast events come; an event after a quiet spell goes at once.
+
+        Waits on the subscription, the socket and the pacer; never for a batch to fill.  Raises
+        SubscriberDroppedError when the notifier dropped the subscription, and returns when it
+        ends.
+        """
+        while True:
+            # What is already here is taken without a checkpoint; waiting only when nothing is.
+            events = subscription.take_waiting(MAX_BATCH_EVENTS)
+            if not events:
+                try:
+                    first = await anext(subscription)
+                except StopAsyncIteration:
+                    return
+                events = [first, *subscription.take_waiting(MAX_BATCH_EVENTS - 1)]
+            if len(events) > 1:
+                await self._send_batch(codec, sub_id, events)
+            else:
+                event = events[0]
+                await self._send(codec, JobUpdate(sub=sub_id, seq=event.seq, job=event.job))
+            await self._pacer.next_tick()
 
     async def _send_batch(self, codec: Codec, sub_id: int, events: list[JobEvent]) -> None:
         """Send ``events`` in ``jobs`` frames of their shared encoded entries, a frame of up to
