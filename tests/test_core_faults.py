@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,12 @@ class _FaultyBackend(LocalBackend):
         super().__init__(data_dir)
         self.names: dict[int, str | None] = {}
 
-    async def start(self, job: Job) -> LocalRun:
+    async def start_then(self, job: Job, after: Callable[[], None]) -> LocalRun:
+        # What the executor calls to start a run (start itself is start_then with nothing after).
         if job.spec.name == "nostart":
             raise RuntimeError("a bug in start")
         self.names[job.id] = job.spec.name
-        return await super().start(job)
+        return await super().start_then(job, after)
 
     async def wait(self, run: LocalRun) -> int | None:
         if self.names.get(run.job_id) == "boom":

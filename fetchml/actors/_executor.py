@@ -206,9 +206,7 @@ class Executor:
             )
 
         try:
-            if not adopt and self._records is not None:
-                await self._records.prepare(job)
-            run = await (self._backend.adopt(job) if adopt else self._backend.start(job))
+            run = await (self._backend.adopt(job) if adopt else self._start(job))
         except BackendUnavailableError as exc:
             log.warning("job %d not started: %s", job.id, exc.message)
             # First the capacity (none for now), so the requeued job is not started again at once.
@@ -233,6 +231,15 @@ class Executor:
         if tracked.cause is not None:
             return exited(tracked.cause, code)
         return exited("exit" if code is not None else "vanished", code)
+
+    async def _start(self, job: Job) -> Any:
+        """Prepare the run's records, then start it; its manifest is written by the thread that
+        starts it.  Raises what the records' preparation and the backend's start raise."""
+        records = self._records
+        if records is None:
+            return await self._backend.start(job)
+        await records.prepare(job)
+        return await self._backend.start_then(job, lambda: records.write_started(job))
 
     async def _wait_enforcing_timeout(self, job: Job, tracked: _Tracked) -> int | None:
         """Wait for the run's end; past the job's deadline, stop it and wait on."""

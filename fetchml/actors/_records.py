@@ -1,10 +1,12 @@
 """The executor's records of each run: its working copy made first, its run manifest written
-at the start and completed (outputs hashed) at the end, both in worker threads."""
+at the start (in the thread that starts the run) and completed (outputs hashed) at the end, both
+in worker threads, one per start and one per end."""
 
 from __future__ import annotations
 
 import functools
 import logging
+import socket
 from pathlib import Path
 
 import trio
@@ -50,7 +52,8 @@ class RunRecords:
         self._data_dir = data_dir.absolute()
         self._snapshots = snapshots
         self._gpu_names = gpu_names or {}
-        self._host = host
+        # Asked once: every manifest names the host, and the question is a system call.
+        self._host = host or socket.gethostname()
         self._tracker = tracker
         self._started: dict[tuple[int, int], RunManifest] = {}
 
@@ -75,21 +78,27 @@ class RunRecords:
             job, snapshot=snapshot, gpu_names=self._gpu_names, host=self._host
         )
 
+    def write_started(self, job: Job) -> None:
+        """Write the manifest of the run :meth:`prepare` made ready; called in the worker
+        thread that started the run (``Backend.start_then``).  Blocks on the file system.  A
+        manifest that cannot be written is logged, not raised: the run goes on."""
+        self._write_now(job.id, self._started[(job.id, job.attempts)])
+
     async def started(self, job: Job, *, adopted: bool, pid: int | None = None) -> None:
-        """The run is going: tell the tracker (waits on its inbox) and write the run's manifest
-        (for an adopted run, take the one its start wrote).  A manifest that cannot be written
-        is logged, not raised: the run goes on."""
+        """The run is going: tell the tracker (waits on its inbox).  For an adopted run, take
+        the manifest its start wrote (or write one).  A new run's manifest was written by
+        :meth:`write_started` as it started."""
         if self._tracker is not None:
             await self._tracker.send(self._run(job, pid))
+        if not adopted:
+            return
         key = (job.id, job.attempts)
-        if adopted:
-            found = await trio.to_thread.run_sync(read_run_manifest, self._output(job.id))
-            if found is not None and found.attempt == job.attempts:
-                self._started[key] = found
-                return
-            self._remember(job, None)
-        manifest = self._started[key]
-        await self._write(job.id, manifest)
+        found = await trio.to_thread.run_sync(read_run_manifest, self._output(job.id))
+        if found is not None and found.attempt == job.attempts:
+            self._started[key] = found
+            return
+        self._remember(job, None)
+        await trio.to_thread.run_sync(self._write_now, job.id, self._started[key])
 
     async def finished(self, job: Job, exited: JobExited) -> None:
         """The run ended: wait (at most :data:`TRACK_WAIT_S`) until the tracker has read all it
@@ -108,20 +117,24 @@ class RunRecords:
             started = started_manifest(
                 job, snapshot=None, gpu_names=self._gpu_names, host=self._host
             )
-        finish = functools.partial(
-            finished_manifest,
-            started,
-            self._output(job.id),
-            finished_at=exited.finished_at,
-            exit_code=exited.exit_code,
-            end=exited.cause,
-        )
+        # Outputs listed and the manifest written in one worker thread: one hop per end.
+        await trio.to_thread.run_sync(self._write_finished, job.id, started, exited)
+
+    def _write_finished(self, job_id: int, started: RunManifest, exited: JobExited) -> None:
+        """Complete ``started`` with the run's end and its hashed outputs, and write it.  Blocks
+        on reading every output.  Logs, never raises, what the file system refuses."""
         try:
-            manifest = await trio.to_thread.run_sync(finish)
+            manifest = finished_manifest(
+                started,
+                self._output(job_id),
+                finished_at=exited.finished_at,
+                exit_code=exited.exit_code,
+                end=exited.cause,
+            )
         except OSError as exc:
-            log.warning("job %d: cannot list its outputs: %s", job.id, exc)
+            log.warning("job %d: cannot list its outputs: %s", job_id, exc)
             return
-        await self._write(job.id, manifest)
+        self._write_now(job_id, manifest)
 
     def _run(self, job: Job, pid: int | None) -> RunStarted:
         """What the tracker needs to know of a run."""
@@ -137,8 +150,9 @@ class RunRecords:
             gpus=list(job.gpus),
         )
 
-    async def _write(self, job_id: int, manifest: RunManifest) -> None:
+    def _write_now(self, job_id: int, manifest: RunManifest) -> None:
+        """Write the run's manifest.  Blocks on the file system; logs an OSError."""
         try:
-            await trio.to_thread.run_sync(write_run_manifest, self._output(job_id), manifest)
+            write_run_manifest(self._output(job_id), manifest)
         except OSError as exc:
             log.warning("job %d: cannot write its run manifest: %s", job_id, exc)

@@ -190,11 +190,12 @@ class Store:
             conn = self._writer
             conn.execute("BEGIN")
             try:
-                conn.executemany(
-                    "INSERT INTO quarantine(job_id, seq, data, error, ts) "
-                    "SELECT id, seq, data, ?, ? FROM jobs WHERE id = ?",
-                    aside,
-                )
+                if aside:  # rare; each statement costs the thread a GIL hand-over
+                    conn.executemany(
+                        "INSERT INTO quarantine(job_id, seq, data, error, ts) "
+                        "SELECT id, seq, data, ?, ? FROM jobs WHERE id = ?",
+                        aside,
+                    )
                 conn.executemany(
                     "INSERT INTO jobs(id, user, state, seq, data) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET user=excluded.user, state=excluded.state, "

@@ -7,8 +7,11 @@ only knows how to drive runs on one kind of substrate (local processes, a Ray cl
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import trio
 
 from ..._config import SchedulerSettings
 from ..._models import Job
@@ -83,6 +86,19 @@ class Backend(abc.ABC, Generic[R]):
         Raises :class:`JobStartError`; :class:`BackendUnavailableError` when the backend cannot
         be reached (the job is requeued without spending a retry).
         """
+
+    async def start_then(self, job: Job, after: Callable[[], None]) -> R:
+        """Start the run as :meth:`start` does, then call ``after`` (blocking file work that
+        must follow the start, such as writing the run's manifest) in a worker thread.
+
+        ``after`` runs only once the run has started and must not raise.  A backend that starts
+        runs in a worker thread of its own calls it in that same thread (one thread hop per start
+        instead of two: each costs the event loop, see ``bench/bench_core_sequential.py``).
+        Raises what :meth:`start` raises.
+        """
+        run = await self.start(job)
+        await trio.to_thread.run_sync(after)
+        return run
 
     @abc.abstractmethod
     async def adopt(self, job: Job) -> R | Ended:

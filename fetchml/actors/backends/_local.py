@@ -20,11 +20,13 @@ import errno
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
+from ..._faults import report_internal_error
 from ..._models import Job
 from ...errors import JobStartError
 from ._base import Backend, Ended, dataset_env
@@ -212,8 +214,22 @@ class LocalBackend(Backend[LocalRun]):
         return LocalRun(job.id, job.attempts, pid, os.pidfd_open(pid), True, directory)
 
     async def start(self, job: Job) -> LocalRun:
+        return await self.start_then(job, _nothing)
+
+    async def start_then(self, job: Job, after: Callable[[], None]) -> LocalRun:
+        """Start the run and call ``after`` in the same worker thread.  Raises
+        :class:`JobStartError` when the supervisor cannot be started."""
+
+        def spawn_then() -> LocalRun:
+            run = self._spawn(job)
+            try:
+                after()
+            except Exception as exc:  # the run is going: never report it as not started
+                report_internal_error("executor", exc, f"after starting job {job.id}")
+            return run
+
         try:
-            return await trio.to_thread.run_sync(self._spawn, job)
+            return await trio.to_thread.run_sync(spawn_then)
         except (OSError, subprocess.SubprocessError) as exc:
             raise JobStartError(f"cannot start job {job.id}: {exc}") from None
 
@@ -282,6 +298,10 @@ class LocalBackend(Backend[LocalRun]):
             trio.lowlevel.notify_closing(run.pidfd)
             os.close(run.pidfd)
             run.pidfd = -1
+
+
+def _nothing() -> None:
+    """What :meth:`LocalBackend.start` does after a start: nothing."""
 
 
 # Most time terminate waits for a just-started run to exec its job, and how often it looks.
