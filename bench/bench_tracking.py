@@ -98,7 +98,7 @@ RUN_METRICS = 20
 SERVER_CPUS = 4  # more than the machine's: no bench job waits for a cpu
 SUBMIT_CONNECTIONS = 4
 SUBMIT_WINDOW = 8
-SUBMIT_BURSTS = 3
+ROUNDS = 6  # of benchmark 2: each round measures the three phases, in a rotating order
 TRUE_SPEC = {"command": ["/bin/true"], "resources": {"cpus": 1}}
 
 HERE = Path(__file__).resolve().parent
@@ -112,8 +112,8 @@ MLFLOW_REQUIREMENTS = ("mlflow-skinny==3.17.2", "sqlalchemy==2.1.9", "alembic==1
 class Sizes:
     steps: int = 100_000  # x METRICS points
     mlflow_points: int = 100_000
-    submits: int = 1200  # in SUBMIT_BURSTS bursts
-    dispatches: int = 400
+    submits: int = 1200  # per phase, in ROUNDS bursts
+    dispatches: int = 420  # per phase
     series_points: int = 1_000_000
     runs: int = 10_000
     requests: int = 30
@@ -141,22 +141,30 @@ track.flush()
 print(f"WROTE {start:.6f} {time.time():.6f}", flush=True)
 """
 
-# The job of benchmark 2: the same loop, until the file named by its argument exists.
+# The job of benchmark 2: the same loop, until the file named by its first argument exists;
+# it idles while the file named by its second one exists.
 LOGGER_JOB = """
-import os, sys
+import os, sys, time
 from fetchml import track
 names = [f"m{k}" for k in range(10)]
 step = 0
 while not os.path.exists(sys.argv[1]):
+    if os.path.exists(sys.argv[2]):
+        track.flush()
+        time.sleep(0.02)
+        continue
     for _ in range(1000):
         track.log({name: step * 0.001 + k for k, name in enumerate(names)}, step=step)
         step += 1
 """
 
-# The control of benchmark 2: a job that takes a whole cpu and logs nothing.
+# The control of benchmark 2: a job that takes a whole cpu and logs nothing (idle likewise).
 BUSY_JOB = """
-import os, sys
+import os, sys, time
 while not os.path.exists(sys.argv[1]):
+    if os.path.exists(sys.argv[2]):
+        time.sleep(0.02)
+        continue
     for _ in range(100_000):
         pass
 """
@@ -190,18 +198,21 @@ print(json.dumps({"setup_s": setup, "elapsed_s": elapsed, "calls": calls}))
 """
 
 
-def _args() -> tuple[Sizes, bool]:
+def _args() -> tuple[Sizes, bool, set[int]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of everything: a smoke run")
     parser.add_argument(
         "--mlflow-points", type=int, default=None, help="points MLflow logs (default 100,000)"
+    )
+    parser.add_argument(
+        "--part", type=int, choices=(1, 2, 3), action="append", help="run only this benchmark"
     )
     args = parser.parse_args()
     quick = args.quick or os.environ.get("FETCHML_BENCH_QUICK", "") not in ("", "0")
     sizes = QUICK if quick else Sizes()
     if args.mlflow_points is not None:
         sizes = dataclasses.replace(sizes, mlflow_points=max(1, args.mlflow_points // 1000) * 1000)
-    return sizes, quick
+    return sizes, quick, set(args.part or (1, 2, 3))
 
 
 # --- lean clients --------------------------------------------------------------------------------
@@ -602,15 +613,11 @@ def dispatch_latencies(port: int, keys: Keys, jobs: int, phase: Phase) -> None:
             sel.close()
 
 
-def measure_phase(port: int, keys: Keys, sizes: Sizes, running: int) -> Phase:
-    """Submit bursts (the median of SUBMIT_BURSTS), then jobs one at a time."""
-    rates = []
-    for _ in range(SUBMIT_BURSTS):
-        rates.append(submit_rate(port, keys, sizes.submits // SUBMIT_BURSTS))
-        wait_idle(port, keys, running)
-    phase = Phase(rates)
-    dispatch_latencies(port, keys, sizes.dispatches, phase)
-    return phase
+def measure_round(port: int, keys: Keys, sizes: Sizes, running: int, phase: Phase) -> None:
+    """One burst of submits, then jobs one at a time: a round's share of a phase."""
+    phase.rates.append(submit_rate(port, keys, sizes.submits // ROUNDS))
+    wait_idle(port, keys, running)
+    dispatch_latencies(port, keys, sizes.dispatches // ROUNDS, phase)
 
 
 def ingested(http: Http, job_id: int) -> int:
@@ -625,87 +632,113 @@ class Dispatch:
     quiet: Phase
     busy: Phase  # while a job burns a cpu without logging (the control)
     loaded: Phase  # while a job logs flat out
-    again: Phase  # quiet again, after it (how much the machine drifted meanwhile)
     ingest_rate: float  # points/s stored from that job while measured
+    halves: tuple[Phase, Phase]  # the quiet phase's first and second half (the drift)
 
 
-def _background(port: int, keys: Keys, job: str, stop: Path) -> int:
-    spec = {"command": [sys.executable, "-c", job, str(stop)], "name": "background"}
+def _background(port: int, keys: Keys, job: str, stop: Path, pause: Path) -> int:
+    pause.touch()
+    spec = {"command": [sys.executable, "-c", job, str(stop), str(pause)], "name": "background"}
     with ws(port, keys.alice) as conn:
         reply = conn.call({"op": "submit", "spec": spec})
     assert reply.job is not None
     return reply.job.id
 
 
+def wait_caught_up(http: Http, job_id: int) -> None:
+    """Until the server has stored every point the (paused) logging job wrote."""
+    deadline, last = time.monotonic() + 60, -1
+    while (now := ingested(http, job_id)) != last:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not catch up with the logging job")
+        last = now
+        time.sleep(0.3)
+
+
 def bench_dispatch(sizes: Sizes) -> Dispatch:
+    """Both background jobs run for the whole benchmark, idle but for their phase; the three
+    phases take turns, ROUNDS times, so that the machine's noise falls on each alike."""
+    phases = {"quiet": Phase([]), "busy": Phase([]), "loaded": Phase([])}
+    quiet_rounds: list[Phase] = []
+    stored = 0
+    logging_s = 0.0
     with (
         bench_dir("dispatch") as folder,
         fetchml_server(folder, scheduler={"cpus": SERVER_CPUS}) as (server, keys, _),
     ):
-        port = server.port
+        port, stop = server.port, folder / "stop"
         warm = Phase([submit_rate(port, keys, 40)])
         wait_idle(port, keys, 0)
         dispatch_latencies(port, keys, 10, warm)
-        quiet = measure_phase(port, keys, sizes, 0)
-        stop = folder / "stop-busy"
-        _background(port, keys, BUSY_JOB, stop)
-        time.sleep(0.5)  # it runs
-        busy = measure_phase(port, keys, sizes, 1)
-        stop.touch()
-        wait_idle(port, keys, 0)
-        stop = folder / "stop-logging"
-        logger = _background(port, keys, LOGGER_JOB, stop)
+        pauses = {"busy": folder / "pause-busy", "loaded": folder / "pause-logging"}
+        _background(port, keys, BUSY_JOB, stop, pauses["busy"])
+        logger = _background(port, keys, LOGGER_JOB, stop, pauses["loaded"])
         http = Http(port, keys.alice)
         try:
-            deadline = time.monotonic() + 30
-            while ingested(http, logger) == 0:  # it runs, and the server ingests its points
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the logging job's points did not come in")
-                time.sleep(0.05)
-            before, start = ingested(http, logger), time.monotonic()
-            loaded = measure_phase(port, keys, sizes, 1)
-            rate = (ingested(http, logger) - before) / (time.monotonic() - start)
+            order = list(phases)
+            for turn in range(ROUNDS):
+                for name in order[turn % 3 :] + order[: turn % 3]:
+                    if name in pauses:
+                        pauses[name].unlink()
+                        time.sleep(0.5)  # it runs (the logger: its points come in)
+                    before, start = ingested(http, logger), time.monotonic()
+                    round_phase = Phase([])
+                    measure_round(port, keys, sizes, 2, round_phase)
+                    phases[name] += round_phase
+                    if name == "quiet":
+                        quiet_rounds.append(round_phase)
+                    if name in pauses:
+                        pauses[name].touch()
+                    if name == "loaded":
+                        stored += ingested(http, logger) - before
+                        logging_s += time.monotonic() - start
+                        wait_caught_up(http, logger)
             stop.touch()
         finally:
             http.close()
-        wait_idle(port, keys, 0)  # the logging job has ended: all its points are in
-        again = measure_phase(port, keys, sizes, 0)
-    return Dispatch(quiet=quiet, busy=busy, loaded=loaded, again=again, ingest_rate=rate)
+        wait_idle(port, keys, 0)
+    half = len(quiet_rounds) // 2
+    halves = (sum(quiet_rounds[:half], Phase([])), sum(quiet_rounds[half:], Phase([])))
+    return Dispatch(
+        quiet=phases["quiet"],
+        busy=phases["busy"],
+        loaded=phases["loaded"],
+        ingest_rate=stored / logging_s,
+        halves=halves,
+    )
 
 
 def report_dispatch(d: Dispatch) -> bool:
-    """The baseline is both quiet phases pooled (before and after the others: drift shows as
-    their difference)."""
+    """The baseline is the quiet phase, measured in turns with the others (the drift shows as
+    the difference between its halves)."""
     line("logging job stored meanwhile", f"{fmt_rate(d.ingest_rate)} points/s", "flat out")
-    quiet = d.quiet + d.again
     phases = (
-        ("quiet, before", d.quiet),
+        ("quiet (baseline)", d.quiet),
         ("cpu-bound job (control)", d.busy),
         ("logging job", d.loaded),
-        ("quiet, after", d.again),
     )
     line(
-        "submit rate, the same phases",
+        "submit rate: quiet / control / logging",
         " / ".join(fmt_rate(p.submit_rate) for _, p in phases),
-        f"jobs/s (median of {SUBMIT_BURSTS} bursts each)",
+        f"jobs/s (median of {ROUNDS} bursts each)",
     )
-    base_p99 = percentile(quiet.client, 99)
-    line(
-        "submit -> running event, quiet (baseline)",
-        ms(quiet.client),
-        f"p99 {base_p99 * 1e3:.1f} ms",
-    )
-    for label, phase in phases:
+    base_p99 = percentile(d.quiet.client, 99)
+    halves = (("quiet, first half", d.halves[0]), ("quiet, second half", d.halves[1]))
+    for label, phase in phases + halves:
         p99 = percentile(phase.client, 99)
-        line(f"  {label}", ms(phase.client), f"p99 {p99 * 1e3:.1f} ms = {p99 / base_p99:.2f}x")
+        line(
+            f"submit -> running event, {label}",
+            ms(phase.client),
+            f"p99 {p99 * 1e3:.1f} ms = {p99 / base_p99:.2f}x",
+        )
     line(
         "  of which started_at - created_at, p99",
         " / ".join(f"{percentile(p.server, 99) * 1e3:.1f}" for _, p in phases),
-        "ms (the scheduler's own pass), same phases",
+        "ms (the scheduler's own pass): quiet / control / logging",
     )
     p99_ratio = percentile(d.loaded.client, 99) / base_p99
-    rate_ratio = d.loaded.submit_rate / quiet.submit_rate
-    busy_ratio = d.busy.submit_rate / quiet.submit_rate
+    rate_ratio = d.loaded.submit_rate / d.quiet.submit_rate
+    busy_ratio = d.busy.submit_rate / d.quiet.submit_rate
     line(
         "logging job vs quiet: p99 / submit rate",
         f"{p99_ratio:.2f}x / {rate_ratio:.2f}x",
@@ -851,9 +884,7 @@ def bench_queries(sizes: Sizes) -> Queries:
             runs_direct = []
             for _ in range(sizes.requests):
                 began = time.perf_counter()
-                store.experiment_runs(
-                    EXPERIMENT, "alice", sort=SORT_BY, descending=True, limit=50
-                )
+                store.experiment_runs(EXPERIMENT, "alice", sort=SORT_BY, descending=True, limit=50)
                 runs_direct.append(time.perf_counter() - began)
         finally:
             store.close()
@@ -914,21 +945,24 @@ def report_queries(q: Queries, sizes: Sizes) -> bool:
 
 
 def main() -> int:
-    sizes, quick = _args()
+    sizes, quick, parts = _args()
     title = (
         f"bench_tracking{' (quick)' if quick else ''}: ingest of {sizes.steps * METRICS:,} points, "
         f"dispatch under ingest, queries over {sizes.runs:,} runs"
     )
     results = []
     with bench_session(title):
-        print("1. ingest: one job logs 10 metrics per step as fast as it can", flush=True)
-        ours = bench_ingest(sizes)
-        theirs = bench_mlflow(sizes)
-        results.append(report_ingest(ours, theirs))
-        print("2. dispatch while a job logs flat out", flush=True)
-        results.append(report_dispatch(bench_dispatch(sizes)))
-        print("3. queries", flush=True)
-        results.append(report_queries(bench_queries(sizes), sizes))
+        if 1 in parts:
+            print("1. ingest: one job logs 10 metrics per step as fast as it can", flush=True)
+            ours = bench_ingest(sizes)
+            theirs = bench_mlflow(sizes)
+            results.append(report_ingest(ours, theirs))
+        if 2 in parts:
+            print("2. dispatch while a job logs flat out", flush=True)
+            results.append(report_dispatch(bench_dispatch(sizes)))
+        if 3 in parts:
+            print("3. queries", flush=True)
+            results.append(report_queries(bench_queries(sizes), sizes))
     return 0 if all(results) else 1
 
 

@@ -4,7 +4,9 @@ visibility, and a server killed mid-run loses no point."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import pytest
 import trio
 from helpers.core import kill_everything_under
@@ -273,6 +276,52 @@ async def test_a_server_killed_mid_run_loses_no_point(tmp_path: Path, users: Use
     assert info["points"] == steps
     assert raw["step"] == list(range(steps))
     assert raw["value"] == [float(step) for step in range(steps)]
+
+
+def ingest_workers(data_dir: Path) -> list[psutil.Process]:
+    """The tracking worker processes of ``data_dir`` under this test."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            argv = proc.cmdline()
+            if any("fetchml.tracking._worker" in a for a in argv) and str(data_dir) in argv:
+                found.append(proc)
+    return found
+
+
+async def test_a_killed_ingest_worker_is_replaced_and_loses_no_point(
+    tmp_path: Path, users: Users, internal_errors: list[logging.LogRecord]
+) -> None:
+    """The process that parses track files dies twice mid-run (as the OOM killer would kill
+    it): the next pass starts another, which goes on from the last commit."""
+    steps = 1000
+    spec = {"command": [sys.executable, "-c", SLOW.replace("STEPS", str(steps))]}
+    settings = {"tracking": {"ingest_interval_s": 0.05}}
+    killed = []
+    with trio.fail_after(90):
+        async with serve(config(tmp_path, users, **settings)) as base, HttpSession(base) as s:
+            job_id = await submit(s, users.alice, spec)
+            for _ in range(2):
+                # The worker runs a second at least before each kill (at most a start a second).
+                await trio.sleep(1.0)
+                workers = ingest_workers(tmp_path / "data")
+                assert len(workers) == 1
+                killed.append(workers[0].pid)
+                workers[0].kill()
+            job = await until_job(s, users.alice, job_id, ENDED, 60)
+            root = f"/api/v1/jobs/{job_id}/metrics"
+            info = await get(s, users.alice, root)
+            raw = await get(s, users.alice, f"{root}/x?raw=1&limit=5000")
+            now = ingest_workers(tmp_path / "data")
+    assert job["state"] == "succeeded", job
+    assert info["points"] == steps
+    assert raw["step"] == list(range(steps))
+    assert len(now) == 1
+    assert now[0].pid not in killed
+    assert not ingest_workers(tmp_path / "data")  # the server's end stopped it
+    # Each death is reported once (the request in flight, or the next one).
+    assert 1 <= len(internal_errors) <= 2
+    assert all("the tracking worker ended" in r.getMessage() for r in internal_errors)
 
 
 QUICK_THEN_GONE = """

@@ -124,6 +124,7 @@ class TrackingStore:
 
     def __init__(self, data_dir: Path, *, synchronous: str = "full") -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir, self.synchronous = data_dir, synchronous
         self._conn = connect(data_dir / DB_NAME, synchronous)
         # Downsampled reads go through megabytes of chunks: mapped, SQLite reads them without a
         # system call (and a copy) per page.

@@ -7,8 +7,9 @@ the tracker reads what is new every ``tracking.ingest_interval_s`` (every
 points with the file offset they end at, in one transaction, so a server killed at any moment
 resumes where the last commit ended: no point is lost or stored twice.  However fast one job
 logs, a pass reads at most :data:`READ_LIMIT` bytes of its file, so other jobs wait on it at
-most that long; and the scheduler never waits on the tracker at all (its own database, its
-own thread).
+most that long; and the scheduler never waits on the tracker at all (its own database, and the
+reading and writing of points in a process of its own, ``_worker``, so that parsing never
+holds the server's GIL).
 
 Messages come from the executor (``RunStarted`` when a run starts or is adopted, ``RunEnded``
 when it ends: answered once every line of the file is in, so a job's metrics are complete when
@@ -23,7 +24,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -31,14 +31,14 @@ import trio
 from .._config import TrackingSettings
 from .._faults import report_internal_error
 from ._feed import MetricFeed, Point
-from ._lines import parse_lines
+from ._ingest import IngestWorker
 from ._store import TrackingStore
+from ._worker import READ_LIMIT
 
 __all__ = ["READ_LIMIT", "TRACKER_INBOX_SIZE", "RunEnded", "RunStarted", "Sampler", "Tracker"]
 
 log = logging.getLogger("fetchml.tracker")
 
-READ_LIMIT = 8 << 20
 # How often the file of a job someone watches live is read (when ingest_interval_s is longer):
 # the points reach the watcher that much sooner, at the cost of a read of one file per pass.
 LIVE_INTERVAL_S = 0.05
@@ -106,6 +106,7 @@ class Tracker:
         self._inbox = inbox
         self._sampler = sampler
         self._active: dict[int, _Active] = {}
+        self._worker = IngestWorker(store.data_dir, store.synchronous)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up on the runs a previous server left open, then serve messages and read the
@@ -114,6 +115,7 @@ class Tracker:
         try:
             await self._serve(task_status)
         finally:
+            await self._worker.aclose()
             if self._feed is not None:
                 self._feed.close()
 
@@ -176,89 +178,64 @@ class Tracker:
         """Read a run a previous server left open to the end of its file (it stays open: its
         job may still be running, and is re-adopted)."""
         try:
-            while True:
-                more, _ = await trio.to_thread.run_sync(
-                    self._ingest_once, job_id, track_file, False
-                )
-                if not more:
-                    return
+            more = True
+            while more:
+                more, _ = await self._read(job_id, track_file, watched=False)
         except Exception as exc:
             report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
 
     async def _ingest(self, active: _Active, *, to_end: bool) -> None:
         """Read what is new in the run's file (all of it, and mark the run ended, with
-        ``to_end``) into the store, and hand what was committed to the job's watchers.
-        Registers the run first if it is not yet."""
+        ``to_end``; else one read) into the store, and hand what was committed to the job's
+        watchers.  Registers the run first if it is not yet."""
         job_id, track_file = active.run.job_id, active.run.track_file
         try:
+            if not active.registered and not await trio.to_thread.run_sync(
+                self._register, active, to_end
+            ):
+                return
             more = True
             while more:
                 watched = self._feed is not None and self._feed.watching(job_id)
-                more, points = await trio.to_thread.run_sync(self._step, active, to_end, watched)
+                more, points = await self._read(job_id, track_file, watched=watched)
                 self._publish(job_id, points)
+                more = more and to_end
+            if to_end:
+                await trio.to_thread.run_sync(self._store.mark_ended, job_id)
         except Exception as exc:
             report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
 
-    def _step(self, active: _Active, to_end: bool, watched: bool) -> tuple[bool, list[Point]]:
-        """One read of the run's file (registering the run first, if its file exists or it
-        ended); whether to read on, and the points stored.  With ``to_end``, marks the run
-        ended after the last read.  Blocks (a worker thread)."""
+    def _register(self, active: _Active, to_end: bool) -> bool:
+        """Write the run to the store if its file exists or it ended (a run without a file is
+        recorded ended at once); whether there is a file to read.  Blocks (a worker thread)."""
         run = active.run
-        if not active.registered:
-            exists = os.path.exists(run.track_file)
-            if not exists and not to_end:
-                return False, []
-            self._store.register(
-                run.job_id,
-                run.user,
-                experiment=run.experiment,
-                name=run.name,
-                narrative=run.narrative,
-                track_file=run.track_file,
-                ended=to_end and not exists,
-            )
-            active.registered = True
-            if not exists:
-                return False, []
-        more, points = self._ingest_once(run.job_id, run.track_file, watched)
-        if to_end and not more:
-            self._store.mark_ended(run.job_id)
-        return more and to_end, points
+        exists = os.path.exists(run.track_file)
+        if not exists and not to_end:
+            return False
+        self._store.register(
+            run.job_id,
+            run.user,
+            experiment=run.experiment,
+            name=run.name,
+            narrative=run.narrative,
+            track_file=run.track_file,
+            ended=to_end and not exists,
+        )
+        active.registered = True
+        return exists
 
     def _publish(self, job_id: int, points: list[Point]) -> None:
         if self._feed is not None and points:
             self._feed.publish(job_id, points)
 
-    def _ingest_once(self, job_id: int, track_file: str, watched: bool) -> tuple[bool, list[Point]]:
-        """One read of at most READ_LIMIT bytes, committed: whether there may be more, and the
-        points stored (only if ``watched``).  Blocks (a worker thread)."""
-        position = self._store.position(job_id)
-        if position is None:
-            return False, []
-        offset, next_step, _ = position
-        try:
-            with Path(track_file).open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read(READ_LIMIT)
-        except FileNotFoundError:
-            return False, []
-        batch, next_step = parse_lines(data, next_step, time.time())
-        if batch.consumed == 0:
-            if len(data) >= READ_LIMIT:
-                # A "line" longer than the limit: skipped as invalid, never read whole.
-                self._store.ingest(
-                    job_id, batch, offset=offset + len(data), next_step=next_step, max_points=0
-                )
-                return True, []
-            return False, []
-        stored, system = self._store.ingest(
-            job_id,
-            batch,
-            offset=offset + batch.consumed,
-            next_step=next_step,
-            max_points=self._settings.max_points_per_run,
+    async def _read(
+        self, job_id: int, track_file: str, *, watched: bool
+    ) -> tuple[bool, list[Point]]:
+        """One read of at most READ_LIMIT bytes, committed by the worker: whether there may be
+        more, and the points stored (only if ``watched``)."""
+        return await self._worker.ingest(
+            job_id, track_file, watched=watched, max_points=self._settings.max_points_per_run
         )
-        return len(data) >= READ_LIMIT, batch.points[:stored] + system if watched else []
 
     async def _sample(self) -> None:
         """Record a system sample of every running job with a process here."""
@@ -273,9 +250,7 @@ class Tracker:
             now = time.time()
             for job_id, values in samples.items():
                 if values and job_id in self._active:
-                    points = await trio.to_thread.run_sync(
-                        self._store.add_points, job_id, values, now
-                    )
+                    points = await self._worker.add_points(job_id, values, now)
                     self._publish(job_id, points)
         except Exception as exc:
             report_internal_error("tracker", exc, "sampling the jobs' processes")

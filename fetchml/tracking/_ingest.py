@@ -1,0 +1,165 @@
+"""The server's side of the ingest worker (:mod:`fetchml.tracking._worker`): one child process,
+started on first use, asked one request at a time.
+
+If the worker dies (killed, out of memory), the request in flight raises
+:class:`~fetchml.errors.InternalError` and the next one starts a new worker (waiting, if need
+be, until a second after the previous start: a worker that cannot start does not become a loop
+of starts); what the dead one had committed is kept and what it had not is read again, so no
+point is lost or stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import trio
+
+from ..errors import InternalError
+from ._worker import Added, AddPoints, Failed, Ingest, Ingested, Reply, Request, frame
+
+__all__ = ["WORKER_EXIT_S", "IngestWorker"]
+
+log = logging.getLogger("fetchml.tracker")
+
+#: How long a worker told to stop (its input closed) may take to finish its request and exit
+#: before it is killed.
+WORKER_EXIT_S = 10.0
+_RESTART_S = 1.0
+_MAIN = "import sys; from fetchml.tracking._worker import main; sys.exit(main(sys.argv))"
+_LENGTH = 4
+_Point = tuple[str, int, float, float]
+
+
+class IngestWorker:
+    """The ingest worker of ``data_dir``, started on the first request.  Use from one trio
+    task at a time (a lock keeps requests in order anyway); close with :meth:`aclose`."""
+
+    def __init__(self, data_dir: Path, synchronous: str) -> None:
+        # Not ``-m``: the package imports the module before runpy would run it as __main__.
+        self._argv = [sys.executable, "-c", _MAIN, str(data_dir), synchronous]
+        self._proc: trio.Process | None = None
+        self._buffer = bytearray()
+        self._lock = trio.Lock()
+        self._started_at: float | None = None
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid while one runs."""
+        return None if self._proc is None else self._proc.pid
+
+    async def ingest(
+        self, job_id: int, track_file: str, *, watched: bool, max_points: int
+    ) -> tuple[bool, list[_Point]]:
+        """Read what is new in a registered run's file (one read, committed): whether there
+        may be more, and the points stored if ``watched``.  Waits on the worker.  Raises
+        InternalError (the request failed, or the worker died)."""
+        reply = await self._call(Ingest(job_id, track_file, watched, max_points))
+        if not isinstance(reply, Ingested):
+            raise InternalError(f"tracking worker: {reply!r} to an ingest")
+        return reply.more, reply.points
+
+    async def add_points(self, job_id: int, points: dict[str, float], when: float) -> list[_Point]:
+        """Store one point of each metric at its next step (system samples); the points stored.
+        Waits on the worker.  Raises InternalError."""
+        reply = await self._call(AddPoints(job_id, points, when))
+        if not isinstance(reply, Added):
+            raise InternalError(f"tracking worker: {reply!r} to adding points")
+        return reply.points
+
+    async def _call(self, request: Request) -> Reply:
+        """Send one request and wait for its reply, starting a worker if none runs.  Cancelled
+        in the middle, the worker is killed (its reply would answer the next request).
+        Raises InternalError for a Failed reply or a worker that died or cannot start."""
+        async with self._lock:
+            proc = await self._running()
+            assert proc.stdin is not None
+            try:
+                await proc.stdin.send_all(frame(self._encoder.encode(request)))
+                reply = self._decoder.decode(await self._read(proc))
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                EOFError,
+                msgspec.DecodeError,
+            ) as exc:
+                await self._discard()
+                why = str(exc) or type(exc).__name__
+                text = f"the tracking worker ended ({why}); the next request starts another"
+                raise InternalError(text) from None
+            except BaseException:
+                await self._discard()
+                raise
+        if isinstance(reply, Failed):
+            raise InternalError(f"tracking worker: {reply.error}")
+        return reply
+
+    async def _running(self) -> trio.Process:
+        """The worker, started if none runs: no sooner than a second after the previous start
+        (waits until then).  Raises InternalError if it cannot start."""
+        if self._proc is not None:
+            return self._proc
+        if self._started_at is not None:
+            await trio.sleep_until(self._started_at + _RESTART_S)
+        self._started_at = trio.current_time()
+        try:
+            self._proc = await trio.lowlevel.open_process(
+                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+        except OSError as exc:
+            raise InternalError(f"cannot start the tracking worker: {exc}") from None
+        self._buffer.clear()
+        return self._proc
+
+    async def _read(self, proc: trio.Process) -> bytes:
+        """One frame's body from the worker.  Raises EOFError if its output ends."""
+        assert proc.stdout is not None
+        while True:
+            if len(self._buffer) >= _LENGTH:
+                size = int.from_bytes(self._buffer[:_LENGTH], "big")
+                if len(self._buffer) >= _LENGTH + size:
+                    body = bytes(self._buffer[_LENGTH : _LENGTH + size])
+                    del self._buffer[: _LENGTH + size]
+                    return body
+            data = await proc.stdout.receive_some(1 << 20)
+            if not data:
+                raise EOFError("its output ended")
+            self._buffer += data
+
+    async def _discard(self) -> None:
+        """Kill the worker and wait for it (shielded: bounded, it has been killed)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            await _close_pipes(proc)
+
+    async def aclose(self) -> None:
+        """Stop the worker: close its input, wait up to WORKER_EXIT_S for it to finish its
+        request and exit, else kill it.  Shielded (bounded)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with trio.CancelScope(shield=True):
+            if proc.stdin is not None:
+                await proc.stdin.aclose()
+            with trio.move_on_after(WORKER_EXIT_S):
+                await proc.wait()
+            if proc.returncode is None:
+                log.warning("the tracking worker did not exit in %gs: killed", WORKER_EXIT_S)
+                proc.kill()
+                await proc.wait()
+            await _close_pipes(proc)
+
+
+async def _close_pipes(proc: trio.Process) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            await pipe.aclose()
