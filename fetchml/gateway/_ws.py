@@ -25,7 +25,6 @@ import msgspec
 import trio
 from quart import websocket
 from quart.globals import websocket_ctx
-from quart.wrappers import Websocket
 
 from .._faults import report_internal_error
 from .._models import Job, JobEvent, JobMatch, JobSpec
@@ -85,6 +84,7 @@ from ..tracking import MetricWatch
 from ._context import source_address
 from ._pacing import FramePacer
 from ._service import Service
+from ._ws_direct import FrameSender
 
 __all__ = ["MAX_IN_FLIGHT", "Connection", "EventEntries"]
 
@@ -156,14 +156,15 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._address = source_address.get()
         self._watch_scope: trio.CancelScope | None = None
-        self._ws: Websocket | None = None
+        self._sender: FrameSender | None = None
 
     async def serve(self) -> None:
         """Read and answer frames until the peer disconnects or the server closes.
 
         Waits on the socket.  Raises nothing but cancellation: errors become error replies.
         """
-        ws = self._ws = websocket_ctx.websocket  # looked up once, not through the proxy per frame
+        ws = websocket_ctx.websocket  # looked up once, not through the proxy per frame
+        self._sender = FrameSender(ws)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._close_on_shutdown)
@@ -502,8 +503,8 @@ class Connection:
         await self._send(codec, ErrorReply(re=rid, error=ErrorBody.of(exc)))
 
     async def _send(self, codec: Codec, payload: msgspec.Struct) -> None:
-        assert self._ws is not None
-        await self._ws.send(codec.frame(payload))
+        assert self._sender is not None
+        await self._sender.send(codec.frame(payload))
 
 
 def _job_of(request: Request) -> str:
