@@ -235,11 +235,10 @@ class Executor:
     async def _start(self, job: Job) -> Any:
         """Prepare the run's records, then start it; its manifest is written by the thread that
         starts it.  Raises what the records' preparation and the backend's start raise."""
-        records = self._records
-        if records is None:
+        if self._records is None:
             return await self._backend.start(job)
-        await records.prepare(job)
-        return await self._backend.start_then(job, lambda: records.write_started(job))
+        await self._records.prepare(job)
+        return await self._backend.start_then(job, self._records.manifest_writer(job))
 
     async def _wait_enforcing_timeout(self, job: Job, tracked: _Tracked) -> int | None:
         """Wait for the run's end; past the job's deadline, stop it and wait on."""

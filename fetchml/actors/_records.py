@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -78,16 +79,16 @@ class RunRecords:
             job, snapshot=snapshot, gpu_names=self._gpu_names, host=self._host
         )
 
-    def write_started(self, job: Job) -> None:
-        """Write the manifest of the run :meth:`prepare` made ready; called in the worker
-        thread that started the run (``Backend.start_then``).  Blocks on the file system.  A
-        manifest that cannot be written is logged, not raised: the run goes on."""
-        self._write_now(job.id, self._started[(job.id, job.attempts)])
+    def manifest_writer(self, job: Job) -> Callable[[], None]:
+        """What writes the manifest of the run :meth:`prepare` made ready, to be called in the
+        worker thread that starts the run (``Backend.start_then``); it blocks on the file system
+        and logs, never raises, a manifest that cannot be written (the run goes on)."""
+        return functools.partial(self._write_now, job.id, self._started[(job.id, job.attempts)])
 
     async def started(self, job: Job, *, adopted: bool, pid: int | None = None) -> None:
         """The run is going: tell the tracker (waits on its inbox).  For an adopted run, take
         the manifest its start wrote (or write one).  A new run's manifest was written by
-        :meth:`write_started` as it started."""
+        :meth:`manifest_writer` as it started."""
         if self._tracker is not None:
             await self._tracker.send(self._run(job, pid))
         if not adopted:
