@@ -6,69 +6,146 @@ requests into them; :mod:`fetchml.client` encodes requests and decodes replies a
 the same structs.
 """
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from ._datasets import DatasetBody, DatasetInfo, DatasetsBody, DatasetVersion, RegisterDataset
-from ._errors import ErrorBody
-from ._replies import (
-    MAX_BATCH_EVENTS,
-    MAX_EVENT_POINTS,
-    ErrorEnvelope,
-    ErrorReply,
-    Event,
-    FilesBody,
-    Health,
-    Identity,
-    IdentityReply,
-    JobBody,
-    JobEntry,
-    JobReply,
-    JobsBody,
-    JobsReply,
-    JobUpdate,
-    JobUpdates,
-    LogChunk,
-    LogEnd,
-    LogText,
-    MetricPoint,
-    MetricPoints,
-    PruneReport,
-    PruneRequest,
-    Reply,
-    StatusBody,
-    StatusReply,
-    Subscribed,
-    Unsubscribed,
-)
-from ._requests import (
-    JSON,
-    MSGPACK,
-    OPS,
-    AuthOp,
-    CancelOp,
-    Codec,
-    GetOp,
-    ListOp,
-    Request,
-    StatusOp,
-    SubmitOp,
-    SubscribeOp,
-    UnsubscribeOp,
-    WhoamiOp,
-    decode_request,
-)
-from ._tracking import (
-    Buckets,
-    ExperimentInfo,
-    ExperimentsBody,
-    MetricSummary,
-    OutcomeBody,
-    OutcomeRequest,
-    RawPage,
-    RunInfo,
-    RunRow,
-    RunsBody,
-)
+if TYPE_CHECKING:
+    from ._datasets import DatasetBody, DatasetInfo, DatasetsBody, DatasetVersion, RegisterDataset
+    from ._errors import ErrorBody
+    from ._replies import (
+        MAX_BATCH_EVENTS,
+        MAX_EVENT_POINTS,
+        ErrorEnvelope,
+        ErrorReply,
+        Event,
+        FilesBody,
+        Health,
+        Identity,
+        IdentityReply,
+        JobBody,
+        JobEntry,
+        JobReply,
+        JobsBody,
+        JobsReply,
+        JobUpdate,
+        JobUpdates,
+        LogChunk,
+        LogEnd,
+        LogText,
+        MetricPoint,
+        MetricPoints,
+        PruneReport,
+        PruneRequest,
+        Reply,
+        StatusBody,
+        StatusReply,
+        Subscribed,
+        Unsubscribed,
+    )
+    from ._requests import (
+        JSON,
+        MSGPACK,
+        OPS,
+        AuthOp,
+        CancelOp,
+        Codec,
+        GetOp,
+        ListOp,
+        Request,
+        StatusOp,
+        SubmitOp,
+        SubscribeOp,
+        UnsubscribeOp,
+        WhoamiOp,
+        decode_request,
+    )
+    from ._tracking import (
+        Buckets,
+        ExperimentInfo,
+        ExperimentsBody,
+        MetricSummary,
+        OutcomeBody,
+        OutcomeRequest,
+        RawPage,
+        RunInfo,
+        RunRow,
+        RunsBody,
+    )
+
+# Each name of a submodule: the submodule.  Imported on first use, so that a client that needs
+# only a few bodies (``ml status``) does not load every op and event.
+_LAZY: dict[str, str] = {
+    "DatasetBody": "._datasets",
+    "DatasetInfo": "._datasets",
+    "DatasetsBody": "._datasets",
+    "DatasetVersion": "._datasets",
+    "RegisterDataset": "._datasets",
+    "ErrorBody": "._errors",
+    "MAX_BATCH_EVENTS": "._replies",
+    "MAX_EVENT_POINTS": "._replies",
+    "ErrorEnvelope": "._replies",
+    "ErrorReply": "._replies",
+    "Event": "._replies",
+    "FilesBody": "._replies",
+    "Health": "._replies",
+    "Identity": "._replies",
+    "IdentityReply": "._replies",
+    "JobBody": "._replies",
+    "JobEntry": "._replies",
+    "JobReply": "._replies",
+    "JobsBody": "._replies",
+    "JobsReply": "._replies",
+    "JobUpdate": "._replies",
+    "JobUpdates": "._replies",
+    "LogChunk": "._replies",
+    "LogEnd": "._replies",
+    "LogText": "._replies",
+    "MetricPoint": "._replies",
+    "MetricPoints": "._replies",
+    "PruneReport": "._replies",
+    "PruneRequest": "._replies",
+    "Reply": "._replies",
+    "StatusBody": "._replies",
+    "StatusReply": "._replies",
+    "Subscribed": "._replies",
+    "Unsubscribed": "._replies",
+    "JSON": "._requests",
+    "MSGPACK": "._requests",
+    "OPS": "._requests",
+    "AuthOp": "._requests",
+    "CancelOp": "._requests",
+    "Codec": "._requests",
+    "GetOp": "._requests",
+    "ListOp": "._requests",
+    "Request": "._requests",
+    "StatusOp": "._requests",
+    "SubmitOp": "._requests",
+    "SubscribeOp": "._requests",
+    "UnsubscribeOp": "._requests",
+    "WhoamiOp": "._requests",
+    "decode_request": "._requests",
+    "Buckets": "._tracking",
+    "ExperimentInfo": "._tracking",
+    "ExperimentsBody": "._tracking",
+    "MetricSummary": "._tracking",
+    "OutcomeBody": "._tracking",
+    "OutcomeRequest": "._tracking",
+    "RawPage": "._tracking",
+    "RunInfo": "._tracking",
+    "RunRow": "._tracking",
+    "RunsBody": "._tracking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fetchml.protocol' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 # WebSocket close codes.  The 4000-4999 range (RFC 6455: for applications) marks the closes a
 # client must tell apart and act on; the others are the standard ones.
