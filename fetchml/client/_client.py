@@ -49,9 +49,10 @@ from fetchml.protocol import (
 )
 
 from . import _artifacts, _datasets, _tracking
-from ._errors import ConnectionLostError
+from ._errors import ConnectionLostError, rate_limit_wait
 from ._frames import FrameDecoder, encode_request
 from ._http import HttpSession
+from ._jobs import NO_KEY_HINT, state_names
 from ._snapshots import Snapshot, make_snapshot
 from ._subscription import DEFAULT_BUFFER, Subscription
 
@@ -67,7 +68,6 @@ _CLOSE_S: Final = 2.0
 _EARLY_EVENTS: Final = 10_000
 # Socket timeout of the HTTP log request.
 _HTTP_S: Final = 60.0
-_NO_KEY_HINT: Final = "no API key given (set FETCHML_API_KEY or run `ml config init`)"
 
 
 class _Pending:
@@ -167,8 +167,8 @@ class Client:
     ) -> builtins.list[Job]:
         """Jobs the key may see, newest first: only ``user``'s, only in ``state`` (one or more),
         at most ``limit``, with ids below ``before`` (for paging)."""
-        states = [state] if isinstance(state, str) else state
-        wire_states = None if states is None else [JobState(_state_name(s)) for s in states]
+        names = state_names(state)
+        wire_states = None if names is None else [JobState(name) for name in names]
         request = wire.ListOp(id=0, user=user, state=wire_states, limit=limit, before=before)
         return (await self._call(request, wire.JobsReply)).jobs
 
@@ -234,7 +234,7 @@ class Client:
             return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
         except AuthError:
             if self._key is None:
-                raise AuthError(_NO_KEY_HINT) from None
+                raise AuthError(NO_KEY_HINT) from None
             raise
 
     async def snapshot(
@@ -394,8 +394,8 @@ class Client:
             try:
                 return await self._call_once(request, expected, on_reply, job_id)
             except RateLimitedError as exc:
-                wait = max(exc.retry_after_s, 0.001)
-                if waited + wait > self._rate_limit_wait_s:
+                wait = rate_limit_wait(exc, waited, self._rate_limit_wait_s)
+                if wait is None:
                     raise
                 waited += wait
                 await trio.sleep(wait)
@@ -431,7 +431,7 @@ class Client:
 
     def _error_of(self, reply: wire.ErrorReply, job_id: int | None) -> FetchMLError:
         if reply.error.code == AuthError.code and self._key is None:
-            return AuthError(_NO_KEY_HINT)
+            return AuthError(NO_KEY_HINT)
         return reply.error.error(job_id=job_id)
 
     async def _read_frames(self) -> None:
@@ -560,13 +560,3 @@ class Client:
     async def _unsubscribe_quietly(self, sub_id: int) -> None:
         with contextlib.suppress(FetchMLError):
             await self._unsubscribe(sub_id)
-
-
-def _state_name(state: JobState | str) -> str:
-    try:
-        return JobState(state).value
-    except ValueError:
-        known = ", ".join(s.value for s in JobState)
-        raise InvalidRequestError(
-            f"state: unknown state {state!r}; one of {known}", field="state"
-        ) from None

@@ -18,11 +18,11 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from fetchml.errors import AuthError, FetchMLError
+from fetchml.errors import FetchMLError
 
 from ._client import Client
 from ._errors import ServerUnreachableError, http_error
-from ._settings import Settings, load_settings, websocket_url
+from ._settings import Settings, check_key, load_settings, websocket_url
 from ._tls import client_ssl_context, describe_tls_failure
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "connect"]
@@ -101,9 +101,8 @@ async def _open_websocket(
     """Open the TCP (or TLS) stream ourselves, so that it is closed whatever goes wrong:
     trio-websocket leaves the socket open when the server rejects the upgrade."""
     headers: list[tuple[bytes, bytes]] = []
+    check_key(settings.key)
     if settings.key is not None:
-        if not settings.key.isascii() or not settings.key.isprintable() or " " in settings.key:
-            raise AuthError("the API key has characters no API key has (spaces or control)")
         headers.append((b"authorization", f"Bearer {settings.key}".encode()))
     target = urlsplit(websocket_url(settings.url))
     secure = target.scheme == "wss"

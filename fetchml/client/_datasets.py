@@ -3,10 +3,15 @@ worker thread by :class:`~fetchml.client.Client`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fetchml.protocol import DatasetBody, DatasetsBody, RegisterDataset
 
-from ._http import HttpSession
 from ._tracking import segment
+
+if TYPE_CHECKING:
+    from ._http import HttpSession
+    from ._jobs import Requests
 
 __all__ = ["dataset", "datasets", "register"]
 
@@ -19,5 +24,5 @@ def datasets(session: HttpSession) -> DatasetsBody:
     return session.call("GET", "/api/v1/datasets", DatasetsBody)
 
 
-def dataset(session: HttpSession, name: str) -> DatasetBody:
+def dataset(session: Requests, name: str) -> DatasetBody:
     return session.call("GET", f"/api/v1/datasets/{segment(name)}", DatasetBody)

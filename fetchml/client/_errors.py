@@ -8,12 +8,25 @@ Every error the server reports arrives as ``{"code", "message"}`` (plus ``field`
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
-from fetchml.errors import FetchMLError
+from fetchml.errors import FetchMLError, RateLimitedError
 from fetchml.protocol import ErrorEnvelope
 
-__all__ = ["ConnectionLostError", "ServerUnreachableError", "http_error"]
+__all__ = [
+    "ConnectionLostError",
+    "ServerUnreachableError",
+    "answer_error",
+    "decode_answer",
+    "http_error",
+    "rate_limit_wait",
+    "tls_hint",
+    "unreachable",
+]
+
+T = TypeVar("T")
 
 
 class ServerUnreachableError(FetchMLError):
@@ -52,3 +65,54 @@ def http_error(body: bytes | None, *, job_id: int | None = None) -> FetchMLError
     except msgspec.DecodeError:
         return None
     return envelope.error.error(job_id=job_id)
+
+
+def rate_limit_wait(exc: RateLimitedError, waited: float, limit_s: float) -> float | None:
+    """How long to wait before sending a request refused as ``rate_limited`` again, having
+    waited ``waited`` seconds for it already; None when that would exceed ``limit_s`` in all
+    (then the error is the caller's)."""
+    wait = max(exc.retry_after_s, 0.001)
+    return None if waited + wait > limit_s else wait
+
+
+def answer_error(url: str, status: int, body: bytes, job_id: int | None) -> FetchMLError:
+    """The error of an HTTP answer with ``status``: the server's own, or, for a body that is
+    not a Fetch ML error (another server, a proxy's page), one that says so."""
+    error = http_error(body, job_id=job_id)
+    if error is not None:
+        return error
+    return ServerUnreachableError(
+        f"the server at {url} answered HTTP {status}, not with a Fetch ML error; is this the "
+        "URL of a Fetch ML server?",
+        url=url,
+    )
+
+
+def decode_answer(data: bytes, type_: type[T], what: str) -> T:
+    """An answer's JSON body as ``type_``.  Raises FetchMLError naming ``what`` (the request)
+    when it is not one."""
+    try:
+        return msgspec.json.decode(data, type=type_)
+    except msgspec.DecodeError as exc:
+        raise FetchMLError(f"the server's answer to {what} is not valid: {exc}") from None
+
+
+def tls_hint(tls: bool) -> str:
+    """What to add when a plain-HTTP request got no answer: a TLS server drops a plain-text
+    request, or answers it with a TLS alert."""
+    return "" if tls else " (if the server uses TLS, use an https URL)"
+
+
+def unreachable(
+    url: str, exc: OSError, *, host: str, ca_file: str | None
+) -> ServerUnreachableError:
+    """The error for a connection to ``url`` that failed with ``exc``, saying why (for a TLS
+    failure, how to fix it)."""
+    from ._tls import describe_tls_failure
+
+    reason = describe_tls_failure(exc, host=host, ca_file=ca_file)
+    if reason is None and isinstance(exc, TimeoutError):
+        reason = "no answer in time"
+    if reason is None:
+        reason = exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
+    return ServerUnreachableError(f"cannot reach the Fetch ML server at {url}: {reason}", url=url)

@@ -19,9 +19,9 @@ import msgspec
 
 from fetchml.errors import FetchMLError
 
-from ._errors import ServerUnreachableError, http_error
+from ._errors import ServerUnreachableError, answer_error, decode_answer, tls_hint, unreachable
 from ._settings import http_url
-from ._tls import client_ssl_context, describe_tls_failure
+from ._tls import client_ssl_context
 
 __all__ = ["HttpSession", "fetch_log", "quote_path"]
 
@@ -113,24 +113,23 @@ class HttpSession:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.close()  # a keep-alive connection the server had closed: once more
                 if attempt == 2:
-                    raise self._unreachable(ConnectionResetError("connection reset")) from None
+                    closed = f"the server closed the connection{tls_hint(self._tls)}"
+                    raise self._unreachable(ConnectionResetError(closed)) from None
             except OSError as exc:
                 self.close()
                 raise self._unreachable(exc) from None
+            except http.client.HTTPException:
+                self.close()
+                raise self._unreachable(
+                    ConnectionError(f"the answer is not HTTP{tls_hint(self._tls)}")
+                ) from None
         raise AssertionError("unreachable")
 
     def _unreachable(self, exc: OSError) -> ServerUnreachableError:
-        reason = describe_tls_failure(exc, host=self._host, ca_file=self._ca_file) or (
-            (exc.strerror or str(exc) or type(exc).__name__).lower()
-        )
-        return ServerUnreachableError(
-            f"cannot reach the Fetch ML server at {self.url}: {reason}", url=self.url
-        )
+        return unreachable(self.url, exc, host=self._host, ca_file=self._ca_file)
 
-    @staticmethod
-    def _error(status: int, body: bytes, job_id: int | None) -> FetchMLError:
-        error = http_error(body, job_id=job_id)
-        return error if error is not None else FetchMLError(f"the server answered HTTP {status}")
+    def _error(self, status: int, body: bytes, job_id: int | None) -> FetchMLError:
+        return answer_error(self.url, status, body, job_id)
 
     def call(
         self,
@@ -151,12 +150,7 @@ class HttpSession:
             headers["Content-Type"] = "application/octet-stream"
         with self.stream(method, path, body=body, headers=headers, job_id=job_id) as response:
             data = response.read()
-        try:
-            return msgspec.json.decode(data, type=type_)
-        except msgspec.DecodeError as exc:
-            raise FetchMLError(
-                f"the server's answer to {method} {path} is not valid: {exc}"
-            ) from None
+        return decode_answer(data, type_, f"{method} {path}")
 
     def read(self, path: str, *, job_id: int | None = None) -> bytes:
         """The whole body of a GET."""

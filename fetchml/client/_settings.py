@@ -13,14 +13,14 @@ config file's directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from fetchml._files import write_atomic
-from fetchml.errors import ConfigError
+from fetchml.errors import AuthError, ConfigError
 
 __all__ = [
     "DEFAULT_URL",
@@ -28,6 +28,7 @@ __all__ = [
     "ENV_KEY",
     "ENV_URL",
     "Settings",
+    "check_key",
     "default_config_path",
     "http_url",
     "load_settings",
@@ -42,6 +43,12 @@ ENV_KEY: Final = "FETCHML_API_KEY"
 ENV_CA_FILE: Final = "FETCHML_CA_FILE"
 CONFIG_KEYS: Final = ("url", "api_key", "ca_file")
 _SCHEMES: Final = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+# A setting as ``write_config`` writes it: ``name: value``, the value a URL, one of our keys or an
+# absolute path, in characters that YAML reads as that very string (a plain scalar that no YAML
+# rule turns into a number, a boolean, a date or null).
+_PLAIN_SETTING: Final = re.compile(
+    r"(url|api_key|ca_file): ((?:[A-Za-z][A-Za-z0-9+.-]*://|fml_|/)[A-Za-z0-9_./:@%+=~-]*(?<!:))"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,9 @@ def read_config_file(path: Path) -> dict[str, str]:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    plain = _plain_settings(text)
+    if plain is not None:
+        return _check_config(path, plain)
     import yaml
 
     try:
@@ -88,6 +98,21 @@ def read_config_file(path: Path) -> dict[str, str]:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
     return _check_config(path, data)
+
+
+def _plain_settings(text: str) -> dict[str, str] | None:
+    """The settings of a file in the form ``write_config`` writes (comments, blank lines and
+    plain ``name: value`` lines, each name once), as YAML reads it; None for any other file,
+    which is then read with PyYAML (importing it costs about 15 ms, a command's start-up)."""
+    settings: dict[str, str] = {}
+    for line in text.split("\n"):
+        if not line or line.startswith("#"):
+            continue
+        match = _PLAIN_SETTING.fullmatch(line)
+        if match is None or match.group(1) in settings:
+            return None
+        settings[match.group(1)] = match.group(2)
+    return settings
 
 
 def _check_config(path: Path, data: Any) -> dict[str, str]:
@@ -209,6 +234,13 @@ def http_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+def check_key(key: str | None) -> None:
+    """Raise :class:`AuthError` for a key no server issues (spaces, control characters): it
+    could not be sent in a header as it is."""
+    if key is not None and (not key.isascii() or not key.isprintable() or " " in key):
+        raise AuthError("the API key has characters no API key has (spaces or control)")
+
+
 def mask_key(key: str | None) -> str:
     """A key shown safely: ``fml_<key id>_****`` for keys of our format, else ``****``."""
     if not key:
@@ -227,6 +259,8 @@ def write_config(path: Path, *, url: str, key: str, ca_file: str | None = None) 
     config file's directory).  Raises :class:`ConfigError` when the file cannot be written.
     """
     import yaml
+
+    from fetchml._files import write_atomic
 
     settings = {"url": url, "api_key": key} | ({"ca_file": ca_file} if ca_file else {})
     body = (

@@ -8,11 +8,13 @@ percent-encoded whole (a metric named ``val/acc`` is one path segment).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from fetchml.protocol import Buckets, ExperimentsBody, OutcomeBody, RawPage, RunInfo, RunsBody
 
-from ._http import HttpSession
+if TYPE_CHECKING:
+    from ._http import HttpSession
 
 __all__ = ["experiments", "metrics", "points", "runs", "segment", "series", "set_outcome"]
 
