@@ -6,9 +6,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fetchml.client import default_config_path, load_settings, mask_key, websocket_url, write_config
-from fetchml.client._settings import http_url
+from fetchml.client._settings import _plain_settings, http_url
 from fetchml.errors import ConfigError
 
 KEY = "fml_abcdefghijkl_secretsecretsecret"
@@ -92,3 +94,47 @@ def test_mask_key_shows_only_the_key_id() -> None:
     assert mask_key(KEY) == "fml_abcdefghijkl_****"
     assert mask_key("some-hand-made-key") == "****"
     assert mask_key(None) == "(none)"
+
+
+_VALUE = r"(?:[A-Za-z][A-Za-z0-9+.-]*://|fml_|/)[A-Za-z0-9_./:@%+=~-]*"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(["url", "api_key", "ca_file"]), value=st.from_regex(_VALUE, fullmatch=True)
+)
+def test_a_setting_read_without_pyyaml_is_what_pyyaml_reads(name: str, value: str) -> None:
+    import yaml
+
+    text = f"# written by hand\n\n{name}: {value}\n"
+    plain = _plain_settings(text)
+    if plain is not None:
+        assert plain == yaml.safe_load(text)
+
+
+def test_the_file_write_config_writes_is_read_without_pyyaml(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    key = "fml_abcdefghijkl_-Zz09_aZ-"
+    write_config(path, url="https://lab.example:9103/base", key=key, ca_file="/etc/lab/ca.pem")
+    expected = {
+        "url": "https://lab.example:9103/base",
+        "api_key": key,
+        "ca_file": "/etc/lab/ca.pem",
+    }
+    assert _plain_settings(path.read_text()) == expected
+    settings = load_settings(config_path=path, env={})
+    assert (settings.url, settings.key, settings.ca_file) == (
+        expected["url"],
+        key,
+        "/etc/lab/ca.pem",
+    )
+    for other in (
+        "url: 'http://h'\n",  # quoted
+        "url: http://h  # a comment\n",
+        "url: http://h\nurl: http://g\n",  # twice
+        "url: 123\n",  # a number to YAML
+        "url: http://h:\n",  # a mapping to YAML
+        "api_key: fml_x\r\n",
+        "--- \nurl: http://h\n",
+    ):
+        assert _plain_settings(other) is None, other

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -112,12 +112,13 @@ async def run_ml(
     stdin: bytes | None = None,
     limit_s: float = 20,
     cwd: Path | None = None,
+    argv: Sequence[str] = ML_ARGV,
 ) -> Result:
     """Run ``ml ARGS`` to its end (in ``cwd``: what ``ml queue`` snapshots); returns exit
-    status, stdout and stderr."""
+    status, stdout and stderr.  ``argv``: how to start ``ml`` (another entry point)."""
     with trio.fail_after(limit_s):
         proc = await trio.run_process(
-            [*ML_ARGV, *args],
+            [*argv, *args],
             cwd=cwd,
             env=dict(env),
             stdin=stdin if stdin is not None else b"",

@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,9 +31,12 @@ from fetchml.errors import (
 from ._ml_args import build_parser, command_word
 
 if TYPE_CHECKING:
-    from fetchml.client import Client, Settings
+    from fetchml.client import Client, HttpClient, Settings
 
     from ._ml_output import Output
+
+    # What a handler that can run one-shot gets: the WebSocket client or the HTTP one.
+    AnyClient = Client | HttpClient
 
 __all__ = ["EXIT_CODES", "UsageError", "main"]
 
@@ -59,7 +61,7 @@ EXIT_CODES: dict[str, int] = {
     ConflictError.code: EXIT_CONFLICT,
 }
 
-Handler = Callable[["Client", argparse.Namespace, "Output"], Awaitable[int]]
+Handler = Callable[["AnyClient", argparse.Namespace, "Output"], Awaitable[int]]
 
 # command → (module, function) of its handler, imported on use
 _HANDLERS = {
@@ -86,6 +88,18 @@ _HANDLERS = {
     "config_show": ("_ml_config", "config_show"),
 }
 
+# Commands that make a few requests and exit: they run over plain HTTP without an event loop
+# (see fetchml.client._oneshot), unless the option named here is given, which streams events
+# over the WebSocket.  The others (and these with that option) connect the WebSocket client.
+_ONE_SHOT: dict[str, str | None] = {
+    "status": "watch",
+    "whoami": None,
+    "queue": "wait",
+    "requeue": "wait",
+    "cancel": None,
+    "logs": "follow",
+}
+
 
 class UsageError(InvalidRequestError):
     """A bad argument that argparse could not catch (exit status 2)."""
@@ -102,12 +116,12 @@ def exit_code_for(exc: FetchMLError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ml`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser(__version__)
     words = list(sys.argv[1:] if argv is None else argv)
+    at = command_word(words)
+    parser = build_parser(__version__, None if at is None else words[at])
     # ``ml requeue JOB [OPTIONS] [-- COMMAND]``: the new command is what follows ``--`` (an
     # argparse remainder after JOB would swallow the options too).
     new_command: list[str] = []
-    at = command_word(words)
     if at is not None and words[at] == "requeue" and "--" in words[at:]:
         split = words.index("--", at)
         words, new_command = words[:split], words[split + 1 :]
@@ -138,10 +152,23 @@ def _run(args: argparse.Namespace) -> int:
         code: int = handler(args, out)
         return code
     settings = resolve_settings(args)
+    if one_shot(args):
+        from fetchml.client import HttpClient, run_blocking
+
+        code = run_blocking(handler(HttpClient(settings), args, out))
+        return code
     import trio
 
     code = trio.run(_connected, handler, args, out, settings)
     return code
+
+
+def one_shot(args: argparse.Namespace) -> bool:
+    """Whether the command runs over plain HTTP (see ``_ONE_SHOT``)."""
+    if args.handler not in _ONE_SHOT:
+        return False
+    streams = _ONE_SHOT[args.handler]
+    return streams is None or not getattr(args, streams)
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
@@ -200,6 +227,8 @@ def _fail(exc: BaseException, args: argparse.Namespace) -> int:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
     if args.debug:
+        import traceback
+
         traceback.print_exception(exc)
     if isinstance(leaf, FetchMLError):
         print(f"ml: error: {_explain(leaf, args)}", file=sys.stderr)

@@ -188,8 +188,13 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
-def build_parser(version: str) -> argparse.ArgumentParser:
-    """The ``ml`` parser; each command sets ``handler`` (a name resolved by ``_ml.py``)."""
+def build_parser(version: str, command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ml`` parser; each command sets ``handler`` (a name resolved by ``_ml.py``).
+
+    With ``command`` (the command word of the arguments) only that command's parser is added:
+    parsing its arguments needs no other, and building all of them costs about 10 ms.  None,
+    or a name that is not a command, adds them all (for ``ml --help`` and its errors).
+    """
     parser = argparse.ArgumentParser(
         prog="ml",
         description=DESCRIPTION,
@@ -199,27 +204,35 @@ def build_parser(version: str) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ml (fetchml) {version}")
     _common(parser, top=True)
     commands = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-    _queue_parser(commands)
-    _requeue_parser(commands)
-    _status_parser(commands)
-    _files_parsers(commands)
-    _tracking_parsers(commands)
-    _dataset_parser(commands)
+    chosen = [build for names, build in _BUILDERS if command in names]
+    for build in chosen or [build for _, build in _BUILDERS]:
+        build(commands)
+    return parser
+
+
+def _cancel_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cancel = _command(commands, "cancel", "cancel jobs (queued or running)")
     cancel.add_argument("jobs", nargs="+", type=job_id, metavar="JOB")
+
+
+def _logs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     logs = _command(commands, "logs", "print a job's output (stdout and stderr)")
     logs.add_argument("job", type=job_id, metavar="JOB")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing until the job ends"
     )
+
+
+def _watch_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watch = _command(commands, "watch", "print a line per job state change, live")
     watch.add_argument("job", nargs="?", type=job_id, metavar="JOB", help="only this job")
     watch.add_argument(
         "--since", type=_int_range(0, 2**53), metavar="SEQ", help="replay events after SEQ"
     )
+
+
+def _whoami_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _command(commands, "whoami", "show your user, roles, permissions and the server")
-    _config_parser(commands)
-    return parser
 
 
 def _command(
@@ -414,3 +427,22 @@ def _config_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     show = actions.add_parser("show", help="show the settings in effect (the key masked)")
     _common(show, top=False)
     show.set_defaults(handler="config_show")
+
+
+# Each builder of command parsers with the commands it adds, in the order ``ml --help`` lists them.
+_BUILDERS: tuple[
+    tuple[tuple[str, ...], Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]],
+    ...,
+] = (
+    (("queue",), _queue_parser),
+    (("requeue",), _requeue_parser),
+    (("status",), _status_parser),
+    (("pull", "validate", "prune"), _files_parsers),
+    (("metrics", "experiments", "runs", "compare", "export", "outcome"), _tracking_parsers),
+    (("dataset",), _dataset_parser),
+    (("cancel",), _cancel_parser),
+    (("logs",), _logs_parser),
+    (("watch",), _watch_parser),
+    (("whoami",), _whoami_parser),
+    (("config",), _config_parser),
+)

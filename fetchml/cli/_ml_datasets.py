@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from fetchml._models import JobSpec
 from fetchml.client import Client, DatasetBody
@@ -11,6 +12,9 @@ from fetchml.errors import InvalidSpecError, NotFoundError
 
 from ._ml_output import Output, fmt_duration, print_pairs
 from ._ml_tracking import show_table
+
+if TYPE_CHECKING:
+    from ._ml import AnyClient
 
 __all__ = ["check_datasets", "info", "listing", "register"]
 
@@ -99,7 +103,7 @@ def _print_info(body: DatasetBody, out: Output) -> None:
     show_table(out, _VERSIONS_HEADER, rows, right=(0,))
 
 
-async def check_datasets(client: Client, spec: JobSpec) -> None:
+async def check_datasets(client: AnyClient, spec: JobSpec) -> None:
     """Raise InvalidSpecError, as the server's submit would, for a dataset (or version) of
     ``spec.datasets`` that is not registered (``queue --dry-run``).  Waits on one request per
     dataset."""

@@ -5,12 +5,15 @@ Used by ``ml queue --wait`` (states and log) and ``ml logs -f`` (log only).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fetchml._models import Job, JobState
-from fetchml.client import Client, JobUpdate, LogChunk, LogEnd
+from fetchml.protocol import JobUpdate, LogChunk, LogEnd
 
 from ._ml_output import Output
+
+if TYPE_CHECKING:
+    from fetchml.client import Client
 
 __all__ = ["event_json", "exit_status", "follow_job"]
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from fetchml._models import Job, JobSpec, validate_spec
-from fetchml.client import Client
 from fetchml.errors import FetchMLError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
 
 from ._ml import exit_code_for
 from ._ml_follow import exit_status, follow_job
 from ._ml_output import Output, fmt_bytes, fmt_memory, print_pairs, spec_lines
+
+if TYPE_CHECKING:
+    from ._ml import AnyClient
 
 __all__ = ["build_spec", "cancel", "queue", "requeue"]
 
@@ -53,7 +55,7 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-async def queue(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def queue(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     spec = build_spec(args)
     if args.dry_run:
         return await _dry_run(client, spec, out)
@@ -73,7 +75,7 @@ async def queue(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 async def _queued(
-    client: Client, job: Job, args: argparse.Namespace, out: Output, snapshot: object = None
+    client: AnyClient, job: Job, args: argparse.Namespace, out: Output, snapshot: object = None
 ) -> int:
     """Say what was queued (the job id, or with ``--json`` the job and its snapshot); with
     ``--wait`` follow it to its end and exit with its status."""
@@ -83,6 +85,9 @@ async def _queued(
         else:
             out.line(str(job.id))
         return 0
+    from fetchml.client import Client
+
+    assert isinstance(client, Client), "--wait follows the job over the WebSocket"
     try:
         final = await follow_job(client, job, out, states=True, since=job.seq)
     except KeyboardInterrupt:
@@ -91,7 +96,7 @@ async def _queued(
     return exit_status(final)
 
 
-async def requeue(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def requeue(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     """Queue job ``args.job`` again: the same snapshot and spec, the options given changed."""
     original = await client.get(args.job)
     spec: dict[str, Any] = msgspec.to_builtins(original.spec)
@@ -113,7 +118,7 @@ async def requeue(client: Client, args: argparse.Namespace, out: Output) -> int:
     return await _queued(client, job, args, out)
 
 
-async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
+async def _dry_run(client: AnyClient, raw: dict[str, Any], out: Output) -> int:
     """Check the job as the server would, without queueing it.
 
     The server has no dry-run op, so this validates the spec with the server's own validator,
@@ -155,7 +160,7 @@ async def _dry_run(client: Client, raw: dict[str, Any], out: Output) -> int:
     return 0
 
 
-async def _check_references(client: Client, spec: JobSpec) -> None:
+async def _check_references(client: AnyClient, spec: JobSpec) -> None:
     """Raise InvalidSpecError, as the server's submit does, for a job ``spec`` waits for that
     does not exist and a dataset that is not registered.  Waits on one request for each."""
     for index, dep in enumerate(spec.depends_on):
@@ -185,7 +190,7 @@ def _check_fits(spec: JobSpec, cpus: float, memory_mb: int, gpus: int) -> None:
         raise InvalidSpecError(problem, field=problem.split(":", 1)[0])
 
 
-async def cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def cancel(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     """Cancel each job; report each; exit with the first error's status."""
     status = 0
     cancelled = []

@@ -6,13 +6,12 @@ import argparse
 import datetime
 import time
 from collections.abc import Callable
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from fetchml._models import Job, JobState
-from fetchml.client import Client, JobUpdate, ServerStatus, Subscription
+from fetchml._models import StatusReport as ServerStatus
 from fetchml.errors import PermissionDeniedError
+from fetchml.protocol import Identity, JobUpdate
 
 from ._ml import UsageError
 from ._ml_follow import event_json, follow_job
@@ -28,6 +27,11 @@ from ._ml_output import (
     state_label,
 )
 
+if TYPE_CHECKING:
+    from fetchml.client import Client, Subscription
+
+    from ._ml import AnyClient
+
 __all__ = ["logs", "status", "watch", "whoami"]
 
 # Seconds a live table waits for more events before redrawing, and at most between redraws.
@@ -35,10 +39,13 @@ _BATCH_S = 0.05
 _REDRAW_S = 1.0
 
 
-async def status(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def status(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     if args.watch and args.jobs:
         raise UsageError("status --watch shows the job list; follow one job with: ml watch JOB")
     if args.watch:
+        from fetchml.client import Client
+
+        assert isinstance(client, Client), "--watch follows the jobs over the WebSocket"
         return await _status_watch(client, args, out)
     if args.jobs:
         jobs = [await client.get(job_id) for job_id in args.jobs]
@@ -67,7 +74,7 @@ def _states(args: argparse.Namespace) -> list[str] | None:
     return [state for group in args.state for state in group]
 
 
-async def _print_summary(client: Client, out: Output) -> None:
+async def _print_summary(client: AnyClient, out: Output) -> None:
     try:
         report = await client.status()
     except PermissionDeniedError:
@@ -146,6 +153,7 @@ async def _json_stream(events: Subscription, view: _View, out: Output) -> None:
 
 
 async def _live_table(events: Subscription, view: _View, out: Output) -> None:
+    import trio
     from rich.live import Live
 
     def render() -> Any:
@@ -176,6 +184,8 @@ async def _next(events: Subscription) -> Any:
 
 async def _drain(events: Subscription, view: _View) -> None:
     """Apply whatever else arrives within a moment, so a burst is drawn once."""
+    import trio
+
     with trio.move_on_after(_BATCH_S):
         while (event := await _next(events)) is not None:
             if isinstance(event, JobUpdate):
@@ -231,8 +241,11 @@ async def watch(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-async def logs(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def logs(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     if args.follow:
+        from fetchml.client import Client
+
+        assert isinstance(client, Client), "--follow follows the log over the WebSocket"
         await follow_job(client, await client.get(args.job), out, states=False)
         return 0
     data = await client.logs(args.job)
@@ -243,10 +256,12 @@ async def logs(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-async def whoami(client: Client, args: argparse.Namespace, out: Output) -> int:
+async def whoami(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     me = await client.whoami()
     if out.json:
-        out.emit({**_fields(me), "server": client.url})
+        # The identity's own fields (a WebSocket reply also carries ``re`` and ``ok``).
+        fields = {name: getattr(me, name) for name in Identity.__struct_fields__}
+        out.emit({**fields, "server": client.url})
         return 0
     print_pairs(
         out,
@@ -258,10 +273,3 @@ async def whoami(client: Client, args: argparse.Namespace, out: Output) -> int:
         ],
     )
     return 0
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    import msgspec
-
-    result: dict[str, Any] = msgspec.structs.asdict(value)
-    return result
