@@ -254,8 +254,8 @@ def make_config(config: Config | str | os.PathLike[str] | None = None, **overrid
     """Build a :class:`Config` from a Config, a YAML path or defaults, then apply ``overrides``.
 
     An override is a top-level key (``data_dir``) or the name of a key in any section
-    (``gpus=[0, 1]`` sets ``scheduler.gpus``).  Raises :class:`ConfigError` for an unknown name or
-    a bad value.
+    (``gpus=[0, 1]`` sets ``scheduler.gpus``); a path may be a :class:`~pathlib.Path`.  Raises
+    :class:`ConfigError` for an unknown name or a bad value.
     """
     base = (
         config
@@ -263,7 +263,9 @@ def make_config(config: Config | str | os.PathLike[str] | None = None, **overrid
         else (load_config(config) if config is not None else Config())
     )
     data: dict[str, Any] = msgspec.to_builtins(base)
-    for key, value in overrides.items():
+    for key, raw in overrides.items():
+        # A path may be given as one (``data_dir=Path("runs")``): the config holds its text.
+        value = os.fspath(raw) if isinstance(raw, os.PathLike) else raw
         if key in data and key not in _SECTIONS:
             data[key] = value
             continue

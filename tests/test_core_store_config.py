@@ -220,6 +220,14 @@ async def test_open_scheduler_from_a_yaml_file(tmp_path: Path, data_dir: Path) -
     assert (data_dir / DB_NAME).exists()
 
 
+async def test_open_scheduler_takes_paths_as_paths(data_dir: Path) -> None:
+    with trio.fail_after(10):
+        async with fetchml.open_scheduler(data_dir=data_dir, cpus=1) as scheduler:
+            job = await scheduler.submit({"command": ["true"]}, user="a")
+            assert (await scheduler.wait(job.id)).state is JobState.SUCCEEDED
+    assert (data_dir / DB_NAME).exists()
+
+
 async def test_open_scheduler_refuses_bad_settings(data_dir: Path) -> None:
     with pytest.raises(ConfigError) as info:
         async with fetchml.open_scheduler(data_dir=str(data_dir), bogus=1):
