@@ -322,12 +322,14 @@ def _run_bare(port: int) -> None:
     from fetchml._config import make_config
     from fetchml._logging import setup_logging
     from fetchml.gateway import apply_hypercorn_fixes
-    from fetchml.server._main import GC_THRESHOLDS, _hypercorn_config
+    from fetchml.gateway._pacing import FramePacer
+    from fetchml.server._main import GC_THRESHOLDS, SWITCH_INTERVAL_S, _hypercorn_config
 
     raise_fd_limit()
     setup_logging("warning")
     apply_hypercorn_fixes()
     gc.set_threshold(*GC_THRESHOLDS)  # the process settings of run_server, for a fair baseline
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = QuartTrio("bare")
 
     @app.websocket("/ws")
@@ -339,6 +341,7 @@ def _run_bare(port: int) -> None:
     # Each event as a dict, and its entry of a batch frame encoded once for every subscriber.
     subscribers: dict[int, trio.MemorySendChannel[tuple[dict[str, Any], msgspec.Raw]]] = {}
     last_seq = 0
+    pacer = FramePacer()  # the gateway's tick, for subscribers that ask for pace
 
     @app.websocket("/fanout")
     async def fanout() -> None:
@@ -349,7 +352,8 @@ def _run_bare(port: int) -> None:
         and announced as ``FANOUT_EVENTS`` job events (stamped with ``ts``) to every subscriber.
         Each subscriber's frames are encoded for it (they carry its ``sub``), as the gateway does;
         with ``batch`` in the subscribe, the events already waiting go in one ``jobs`` frame of
-        entries encoded once per event (the gateway's batching), a lone one as a ``job`` frame.
+        entries encoded once per event (the gateway's batching), a lone one as a ``job`` frame;
+        with ``pace`` too, a frame per tick of the gateway's pacer at most (its pacing).
         """
         nonlocal last_seq
         await websocket.accept()
@@ -379,6 +383,7 @@ def _run_bare(port: int) -> None:
             subscribers[id(send)] = send
             reply = {"re": rid, "ok": True, "sub": 1, "since": last_seq}
             batch = request.get("batch") is True
+            pace = batch and request.get("pace") is True
             try:
                 await websocket.send(msgspec.msgpack.encode(reply))
                 async for event, entry in receive:
@@ -393,6 +398,8 @@ def _run_bare(port: int) -> None:
                     else:
                         frame = {"ev": "job", "sub": 1, **event}
                     await websocket.send(msgspec.msgpack.encode(frame))
+                    if pace:
+                        await pacer.next_tick()
             finally:
                 subscribers.pop(id(send), None)
             await websocket.close(1008, "too slow: fell behind")

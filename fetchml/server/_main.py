@@ -13,6 +13,7 @@ import hashlib
 import logging
 import signal
 import ssl
+import sys
 from typing import Any
 
 import hypercorn.config
@@ -45,6 +46,14 @@ GRACEFUL_TIMEOUT_S = 5.0
 # above the young objects of a thousand busy connections (event fan-out kept it crossing 10,000:
 # a collection every ~50 ms and ~15% more CPU per event frame; bench/bench_gateway_fanout.py).
 GC_THRESHOLDS = (100_000, 20, 10)
+# How long the event loop's thread may hold the GIL while another thread waits for it (CPython's
+# default is 5 ms).  The store commits and the run records are written in worker threads, and each
+# of their calls into SQLite or the file system gives the GIL up and waits to get it back: while
+# the loop is busy (a tick of a thousand subscribers' frames) each of those waits took up to 5 ms,
+# so commits, and with them every state change, slowed down just when the fan-out had most to do
+# (1,000 subscribers at 100 events/s: 59-66 events/s generated at 5 ms, 75-100 at 1 ms, p99 about
+# halved; bench/bench_gateway_fanout.py).
+SWITCH_INTERVAL_S = 0.001
 # Seconds a new TLS connection has to finish its handshake (hypercorn's default is 60): a peer
 # that connects and says nothing holds a connection task and a file descriptor until then.
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
@@ -105,8 +114,9 @@ async def run_server(
     """Run until SIGINT/SIGTERM (or ``stop``); ``task_status.started`` gets the bound URLs
     (``https://`` with ``server.tls`` on).
 
-    ``handle_signals=False`` leaves the process alone (embedding, tests): its signal handlers
-    and its garbage-collector settings, which a server owning its process tunes.
+    ``handle_signals=False`` leaves the process alone (embedding, tests): its signal handlers,
+    its garbage-collector settings and its thread switch interval, which a server owning its
+    process tunes.
 
     Raises :class:`ConfigError` / :class:`StoreError` on start-up problems (a TLS certificate
     or key that cannot be used included, before anything is bound or written).
@@ -125,8 +135,10 @@ async def run_server(
         runtime.close()
         raise
     gc_thresholds = gc.get_threshold()
+    switch_interval = sys.getswitchinterval()
     if handle_signals:
         gc.set_threshold(*GC_THRESHOLDS)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         async with trio.open_nursery() as supervisor:
             await supervisor.start(auth.run)
@@ -165,6 +177,7 @@ async def run_server(
             task_status.started(binds)
     finally:
         gc.set_threshold(*gc_thresholds)
+        sys.setswitchinterval(switch_interval)
         with trio.CancelScope(shield=True):
             await store.aclose()
         runtime.close()
