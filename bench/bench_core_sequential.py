@@ -26,6 +26,7 @@ Run: ``.venv/bin/python bench/bench_core_sequential.py``.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -217,14 +218,26 @@ def latency_line(label: str, ours: Sequence[float], bare: Sequence[float]) -> No
     )
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its reaped children (the jobs)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 async def main() -> int:
     raw: list[float] = []
     ours: list[float] = []
+    raw_cpu: list[float] = []  # CPU seconds per process / per job: steadier than rates
+    our_cpu: list[float] = []
     loop_latencies: list[float] = []
     await raw_rate(200, CONCURRENCY)  # warm-up: page cache, trio's process machinery
     for _ in range(REPEATS):
+        cpu = cpu_seconds()
         raw.append(await raw_rate(JOBS, CONCURRENCY))
+        raw_cpu.append((cpu_seconds() - cpu) / JOBS)
+        cpu = cpu_seconds()
         rate, latencies = await sequential_rate(JOBS)
+        our_cpu.append((cpu_seconds() - cpu) / JOBS)
         ours.append(rate)
         loop_latencies += latencies
     embedded: list[float] = []
@@ -246,6 +259,11 @@ async def main() -> int:
         "runs: " + ", ".join(fmt_rate(r) for r in ours),
     )
     latency_line("  one submit in that loop (jobs running)", loop_latencies, channel)
+    line(
+        "  CPU per job, jobs included (steadier)",
+        f"{median(our_cpu) * 1e3:.2f} ms",
+        f"raw {median(raw_cpu) * 1e3:.2f} ms per process; machine: {os.cpu_count()} cpus",
+    )
     print("  single-submit latency, job queued (p50 / p99), against a bare round trip:")
     latency_line("  embedding API scheduler.submit", embedded, channel)
     latency_line("  one WebSocket, submit frame", gateway["ws"], gateway["ws bare"])
