@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from ._datasets import DatasetBody, DatasetInfo, DatasetsBody, DatasetVersion, RegisterDataset
     from ._errors import ErrorBody
+    from ._files import FilesBody
     from ._replies import (
         MAX_BATCH_EVENTS,
         MAX_EVENT_POINTS,
         ErrorEnvelope,
         ErrorReply,
         Event,
-        FilesBody,
         Health,
         Identity,
         IdentityReply,
@@ -85,7 +85,7 @@ _LAZY: dict[str, str] = {
     "ErrorEnvelope": "._replies",
     "ErrorReply": "._replies",
     "Event": "._replies",
-    "FilesBody": "._replies",
+    "FilesBody": "._files",
     "Health": "._replies",
     "Identity": "._replies",
     "IdentityReply": "._replies",

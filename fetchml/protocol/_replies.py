@@ -15,7 +15,6 @@ from typing import Annotated, Generic, TypeVar
 import msgspec
 
 from .._models import Job, StatusReport
-from ..artifacts import OutputFile
 from ._errors import ErrorBody
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "ErrorEnvelope",
     "ErrorReply",
     "Event",
-    "FilesBody",
     "Health",
     "Identity",
     "IdentityReply",
@@ -86,13 +84,6 @@ class ErrorEnvelope(_Body, frozen=True, kw_only=True):
 
 class Health(_Body, frozen=True, kw_only=True):
     status: str = "ok"
-
-
-class FilesBody(_Body, frozen=True, kw_only=True):
-    """A job's output files; ``final`` once the job has ended (then each has its SHA-256)."""
-
-    files: list[OutputFile]
-    final: bool
 
 
 class PruneRequest(_Body, frozen=True, forbid_unknown_fields=True, kw_only=True):
