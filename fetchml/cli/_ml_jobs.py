@@ -12,7 +12,6 @@ from fetchml._models import Job, JobSpec, validate_spec
 from fetchml.errors import FetchMLError, InvalidSpecError, JobNotFoundError, PermissionDeniedError
 
 from ._ml import exit_code_for
-from ._ml_follow import exit_status, follow_job
 from ._ml_output import Output, fmt_bytes, fmt_memory, print_pairs, spec_lines
 
 if TYPE_CHECKING:
@@ -86,6 +85,8 @@ async def _queued(
             out.line(str(job.id))
         return 0
     from fetchml.client import Client
+
+    from ._ml_follow import exit_status, follow_job
 
     assert isinstance(client, Client), "--wait follows the job over the WebSocket"
     try:

@@ -1,4 +1,8 @@
-"""``ml status`` (table, one job in full, ``--watch``), ``ml logs``, ``ml watch``, ``ml whoami``."""
+"""``ml status`` (table, one job in full, ``--watch``), ``ml logs``, ``ml watch``, ``ml whoami``.
+
+What only streaming commands use (``_ml_follow``, trio) is imported where they use it: the
+one-shot commands run over HTTP without it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from fetchml.errors import PermissionDeniedError
 from fetchml.protocol import Identity, JobUpdate
 
 from ._ml import UsageError
-from ._ml_follow import event_json, follow_job
 from ._ml_output import (
     Output,
     detail_lines,
@@ -147,6 +150,8 @@ async def _status_watch(client: Client, args: argparse.Namespace, out: Output) -
 
 
 async def _json_stream(events: Subscription, view: _View, out: Output) -> None:
+    from ._ml_follow import event_json
+
     async for event in events:
         if isinstance(event, JobUpdate) and view.apply(event.job):
             out.emit(event_json(event))
@@ -208,6 +213,8 @@ async def _change_lines(
     events: Subscription, keep: Callable[[Job], bool], out: Output, last: dict[int, str]
 ) -> Job | None:
     """Print a line per state change (or a JSON line per event) until ``keep`` returns False."""
+    from ._ml_follow import event_json
+
     async for event in events:
         if not isinstance(event, JobUpdate):
             continue
@@ -244,6 +251,8 @@ async def watch(client: Client, args: argparse.Namespace, out: Output) -> int:
 async def logs(client: AnyClient, args: argparse.Namespace, out: Output) -> int:
     if args.follow:
         from fetchml.client import Client
+
+        from ._ml_follow import follow_job
 
         assert isinstance(client, Client), "--follow follows the log over the WebSocket"
         await follow_job(client, await client.get(args.job), out, states=False)

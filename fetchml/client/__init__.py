@@ -22,8 +22,9 @@
 ``FETCHML_CA_FILE`` for a server with a self-signed certificate), then the config file written by
 ``ml config init``.  It speaks the WebSocket protocol (msgpack frames) of the server.
 
-Names are imported on first use, so that a submodule (``fetchml.client._settings``, what
-``ml whoami`` needs) can be imported without trio and trio-websocket.
+:class:`HttpClient` makes the same job requests over plain HTTP, blocking, without an event loop
+(what ``ml``'s one-shot commands use).  Names are imported on first use, so that it and the
+settings can be imported without trio and trio-websocket.
 """
 
 from typing import TYPE_CHECKING, Any
