@@ -98,6 +98,14 @@ include-operation-id = "getJobFile"
 checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "401", "403", "404", "409", "416", "429", "5xx",
 ]
+
+[[operations]]
+# `before` is an opaque cursor (the `next` of a previous page of the same sort): any other text
+# the schema allows is refused with 400 naming it, as the document says.
+include-operation-id = "listExperimentRuns"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
+]
 """
 PRUNE = "prune"
 

@@ -166,7 +166,11 @@ def tracking_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": ok_response("a page of runs", schema_ref("RunsBody")),
-                    "400": _BAD_QUERY,
+                    "400": error_response(
+                        "a parameter out of range, a name that is not one, or a `before` that "
+                        "is not the `next` of a page of this sort and order (`invalid_request`, "
+                        "named in `field`)"
+                    ),
                     "404": error_response("an empty name names no route (`not_found`)"),
                     **KEYED_SCHEDULER,
                 },
