@@ -49,8 +49,14 @@ async def test_a_failed_request_leaves_the_worker_serving(tmp_path: Path) -> Non
                 handle.write(json.dumps({"metrics": {"x": 9}}) + "\n")
             again = await worker.ingest(1, str(track), watched=True, max_points=100)
             assert worker.pid == pid
+            await worker.end(1)
     finally:
         await worker.aclose()
+    store = TrackingStore(tmp_path, synchronous="normal")
+    try:
+        assert store.unfinished() == []  # the end is recorded
+    finally:
+        store.close()
     assert (more, [(n, s, v) for n, s, v, _ in points]) == (
         False,
         [("x", 0, 0.0), ("x", 1, 1.0), ("x", 2, 2.0)],

@@ -19,7 +19,7 @@ import msgspec
 import trio
 
 from ..errors import InternalError
-from ._worker import Added, AddPoints, Failed, Ingest, Ingested, Reply, Request, frame
+from ._worker import Added, AddPoints, End, Ended, Failed, Ingest, Ingested, Reply, Request, frame
 
 __all__ = ["WORKER_EXIT_S", "IngestWorker"]
 
@@ -71,6 +71,12 @@ class IngestWorker:
         if not isinstance(reply, Added):
             raise InternalError(f"tracking worker: {reply!r} to adding points")
         return reply.points
+
+    async def end(self, job_id: int) -> None:
+        """Mark the run ended (read to the end).  Waits on the worker.  Raises InternalError."""
+        reply = await self._call(End(job_id))
+        if not isinstance(reply, Ended):
+            raise InternalError(f"tracking worker: {reply!r} to ending a run")
 
     async def _call(self, request: Request) -> Reply:
         """Send one request and wait for its reply, starting a worker if none runs.  Cancelled

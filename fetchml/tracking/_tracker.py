@@ -201,7 +201,7 @@ class Tracker:
                 self._publish(job_id, points)
                 more = more and to_end
             if to_end:
-                await trio.to_thread.run_sync(self._store.mark_ended, job_id)
+                await self._worker.end(job_id)
         except Exception as exc:
             report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
 

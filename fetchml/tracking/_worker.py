@@ -10,8 +10,9 @@ interpreter and the operating system shares the cores; it runs at a lower priori
 first when the cores are busy; the job's points wait in its file meanwhile, never lost.
 
 Every write of points (a file's lines, the server's own system samples) goes through this one
-process, the only writer of the chunks (it keeps the open chunk of each metric in memory); the
-server itself writes only runs' rows (register, end, outcome) and reads.  One worker per data
+process, the only writer of the chunks (it keeps the open chunk of each metric of a running run
+in memory, until the run's end, which it records too); the server itself writes only runs'
+rows (registration, outcome) and reads.  One worker per data
 dir: it holds ``tracking.lock`` (a worker left by a server killed with ``-9`` finishes its
 request, sees its input end and exits; the next one waits for its lock meanwhile).
 
@@ -40,6 +41,8 @@ __all__ = [
     "WORKER_NICE",
     "AddPoints",
     "Added",
+    "End",
+    "Ended",
     "Failed",
     "Ingest",
     "Ingested",
@@ -77,6 +80,12 @@ class AddPoints(msgspec.Struct, frozen=True, tag="add"):
     when: float
 
 
+class End(msgspec.Struct, frozen=True, tag="end"):
+    """Mark a run ended (its file is read to the end) and drop what is kept of it."""
+
+    job_id: int
+
+
 class Ingested(msgspec.Struct, frozen=True, tag="ingested"):
     more: bool  # the file may hold more: read again
     points: list[_Point]
@@ -86,14 +95,18 @@ class Added(msgspec.Struct, frozen=True, tag="added"):
     points: list[_Point]
 
 
+class Ended(msgspec.Struct, frozen=True, tag="ended"):
+    pass
+
+
 class Failed(msgspec.Struct, frozen=True, tag="failed"):
     """The request raised: what, for the server's log.  The worker goes on."""
 
     error: str
 
 
-Request = Ingest | AddPoints
-Reply = Ingested | Added | Failed
+Request = Ingest | AddPoints | End
+Reply = Ingested | Added | Ended | Failed
 
 
 def ingest_once(
@@ -133,6 +146,9 @@ def handle(store: TrackingStore, request: Request) -> Reply:
                 return ingest_once(store, job_id, path, watched, cap)
             case AddPoints(job_id=job_id, points=points, when=when):
                 return Added(points=store.add_points(job_id, points, when))
+            case End(job_id=job_id):
+                store.mark_ended(job_id)
+                return Ended()
             case _:
                 raise TypeError(f"tracking worker: unexpected request {request!r}")
     except Exception as exc:
@@ -184,5 +200,9 @@ def main(argv: list[str]) -> int:
         print("usage: fetchml.tracking._worker DATA_DIR SYNCHRONOUS", file=sys.stderr)
         return 2
     os.nice(WORKER_NICE)
-    serve(Path(argv[1]), argv[2], sys.stdin.buffer, sys.stdout.buffer)
+    # The protocol gets a descriptor of its own; anything printed goes to stderr, not into it.
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    serve(Path(argv[1]), argv[2], sys.stdin.buffer, replies)
     return 0
