@@ -2,9 +2,10 @@
 
 This module parses the command line, resolves the settings, runs one command and turns every
 error into one line on stderr and a distinct exit status (see ``ml --help``).  The commands live
-in ``_ml_jobs`` (queue, cancel), ``_ml_view`` (status, logs, watch, whoami), ``_ml_files``,
-``_ml_tracking`` (metrics, experiments, runs, compare, export, outcome) and ``_ml_config``;
-they are imported only when run, so ``ml --help`` stays fast.
+in ``_ml_jobs`` (queue, cancel), ``_ml_view`` (status, logs, whoami), ``_ml_watch`` (status
+--watch, watch), ``_ml_files``, ``_ml_tracking`` (metrics, experiments, runs, compare, export,
+outcome) and ``_ml_config``; they are imported only when run, so ``ml --help`` stays fast.
+One-shot commands run over HTTP without an event loop (``_ONE_SHOT``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ _HANDLERS = {
     "cancel": ("_ml_jobs", "cancel"),
     "status": ("_ml_view", "status"),
     "logs": ("_ml_view", "logs"),
-    "watch": ("_ml_view", "watch"),
+    "watch": ("_ml_watch", "watch"),
     "whoami": ("_ml_view", "whoami"),
     "config_init": ("_ml_config", "config_init"),
     "config_show": ("_ml_config", "config_show"),
