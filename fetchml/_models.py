@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -596,6 +595,8 @@ def json_error(data: bytes, exc: msgspec.DecodeError | UnicodeDecodeError) -> In
         text = data.decode()
     except UnicodeDecodeError as bad:
         return InvalidRequestError(f"body: not UTF-8 (byte {bad.start})", field="body")
+    import json  # only for this error path: the standard library's decoder is the lenient one
+
     try:
         value = json.loads(text)
     except (ValueError, RecursionError):
