@@ -66,12 +66,9 @@ class OneShotSession:
             body = msgspec.json.encode(json)
         return decode_answer(self._request(method, path, body, job_id), type_, f"{method} {path}")
 
-    def read(self, path: str, *, job_id: int | None = None) -> bytes:
-        """The whole body of a GET."""
-        return self._request("GET", path, None, job_id)
-
     def _request(self, method: str, path: str, body: bytes | None, job_id: int | None) -> bytes:
-        """Send one request, wait for the whole answer; its body if the status is 2xx."""
+        """Send one request, wait for the whole answer (at most ``_MAX_BODY``: JSON bodies
+        only); its body if the status is 2xx."""
         head = [f"{method} {self._base_path}{path} HTTP/1.1", f"Host: {self._netloc}"]
         head.append("Connection: close")
         if self._key is not None:

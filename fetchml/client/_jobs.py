@@ -42,8 +42,6 @@ class Requests(Protocol):
         self, method: str, path: str, type_: type[T], *, json: Any = None, job_id: int | None = None
     ) -> T: ...
 
-    def read(self, path: str, *, job_id: int | None = None) -> bytes: ...
-
 
 def state_names(state: JobState | str | Iterable[JobState | str] | None) -> list[str] | None:
     """The state filter of a list as state names.  Raises InvalidRequestError naming an unknown

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from fetchml._models import Job, JobSpec, JobState, StatusReport, validate_spec
 from fetchml.errors import AuthError, RateLimitedError
-from fetchml.protocol import DatasetBody, Identity
+from fetchml.protocol import Identity
 
 from . import _jobs
 from ._errors import rate_limit_wait
@@ -31,6 +31,8 @@ from ._http_once import OneShotSession
 from ._settings import Settings, check_key
 
 if TYPE_CHECKING:
+    from fetchml.protocol import DatasetBody
+
     from ._http import HttpSession
     from ._snapshots import Snapshot
 
@@ -121,8 +123,11 @@ class HttpClient:
         )
 
     async def logs(self, job_id: int, *, offset: int = 0) -> bytes:
+        """The job's log so far, however long: over a keep-alive ``HttpSession``, as
+        ``Client.logs`` reads it (one-shot answers are capped at ``_MAX_BODY``)."""
         path = f"/api/v1/jobs/{int(job_id)}/logs?offset={int(offset)}"
-        return self._call(lambda http: http.read(path, job_id=job_id))
+        with self.http_session() as http:
+            return self._call(lambda _: http.read(path, job_id=job_id))
 
     async def dataset(self, name: str) -> DatasetBody:
         from . import _datasets
