@@ -444,12 +444,14 @@ def _apply_write_coalescing() -> None:
     a client that pipelined many requests and stopped reading leaves every request slot of its
     WebSocket with a task waiting for room, so the app reads nothing, its receive queue is full,
     and telling the protocol (a ``websocket.disconnect`` put on that queue) waits on them.
-    A frame that finds nothing in progress on a plain (not TLS) socket is written at once,
-    without waiting (:func:`_write_now`): the socket's buffer takes it whole unless the peer is
-    slow, and the lock, the shielded scope and the two scheduler round trips of ``send_all``
-    cost more than the write itself, which a server that fans one event out to a thousand
-    subscribers pays a thousand times (bench/bench_gateway_fanout.py); what does not fit is
-    queued and written as above.
+    The task that takes the lock lets the scheduler run once before it writes, so what the
+    connection's other tasks send meanwhile goes in the same write (a WebSocket's pipelined
+    replies: writing each at once made twice the system calls and halved the submit rate,
+    bench/bench_gateway_ws.py).  On a plain (not TLS) socket it then writes directly
+    (:func:`_write_now`): the socket's buffer takes it all unless the peer is slow, and the
+    shielded scope and the scheduler round trip of ``send_all`` cost more than the write itself,
+    which a server that fans one event out to a thousand subscribers pays a thousand times
+    (bench/bench_gateway_fanout.py); what the socket does not take is sent with ``send_all``.
     Upstream: no report found (a performance change, not a bug of hypercorn's).
     """
     original: Callable[[Any, Event], Awaitable[None]] = TCPServer.protocol_send
@@ -463,20 +465,20 @@ def _apply_write_coalescing() -> None:
             outgoing = self._fetchml_outgoing = _Outgoing()  # type: ignore[attr-defined]
         if outgoing.closed:
             return  # nothing reaches the peer any more (hypercorn's own send would fail)
+        outgoing.data += event.data
         lock: trio.Lock = self.send_lock
-        if lock.locked() or outgoing.data:
-            outgoing.data += event.data
-        else:
-            rest = _write_now(self.stream, event.data)
-            if not rest:
-                return
-            outgoing.data += rest
         if lock.locked():
             while len(outgoing.data) > COALESCE_LIMIT and lock.locked() and not outgoing.closed:
                 await outgoing.written.wait()
             return
-        async with lock:
+        lock.acquire_nowait()  # free, and no checkpoint since: nobody else can hold it
+        try:
+            # One pass of the scheduler, holding the lock: the frames the connection's other
+            # tasks send meanwhile (replies to pipelined requests) join this write.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             await _write_queued(self, outgoing)
+        finally:
+            lock.release()
 
     _replace(TCPServer, "protocol_send", protocol_send, original)
 
@@ -486,8 +488,8 @@ def _write_now(stream: object, data: bytes) -> bytes:
     a checkpoint; what is left (all of it for a TLS stream, a socket that would block, or one
     that fails: the queued write meets the failure again and closes the connection as usual).
 
-    Only with no write in progress (the caller checks the send lock and the queue), so nothing
-    else is writing to the socket meanwhile and the bytes stay in order.
+    Only by the holder of the connection's send lock, so nothing else is writing to the socket
+    meanwhile and the bytes stay in order.
     """
     if _POSIX and type(stream) is trio.SocketStream:
         sock = stream.socket
@@ -518,8 +520,10 @@ async def _write_queued(server: TCPServer, outgoing: _Outgoing) -> None:
         chunk = bytes(outgoing.data)
         outgoing.data.clear()
         try:
-            with trio.CancelScope(shield=True):
-                await server.stream.send_all(chunk)
+            rest = _write_now(server.stream, chunk)
+            if rest:
+                with trio.CancelScope(shield=True):
+                    await server.stream.send_all(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Wake the tasks waiting for room before telling the protocol: telling it can wait
             # on them (the app's receive queue is full while they hold its request slots).

@@ -33,6 +33,8 @@ SECURITY_HEADERS = {
         "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     ),
 }
+# The same, by lower-case name: a response's header names are compared without case.
+_SECURITY_BY_LOWER = {name.lower(): (name, value) for name, value in SECURITY_HEADERS.items()}
 CORS_METHODS = "GET, POST, OPTIONS"
 CORS_HEADERS = "Authorization, X-API-Key, Content-Type"
 CORS_MAX_AGE = "600"
@@ -71,11 +73,20 @@ def install_security(app: Quart, settings: ServerSettings, service: Service) -> 
         return None
 
     async def add_headers(response: Response) -> Response:
+        """Each security header the response does not set itself, ``no-store`` on the API,
+        and CORS."""
         headers = response.headers
-        for name, value in SECURITY_HEADERS.items():
-            headers.setdefault(name, value)
+        # One pass over the response's headers, not one per header (``setdefault`` scans them
+        # all each time: a fifth of a submit's cost in this gateway's own code).
+        present = {name.lower() for name, _ in headers.items()}
+        for lower, (name, value) in _SECURITY_BY_LOWER.items():
+            if lower not in present:
+                headers.add(name, value)
         if request.path.startswith("/api/"):
-            headers["Cache-Control"] = "no-store"
+            if "cache-control" in present:
+                headers["Cache-Control"] = "no-store"
+            else:
+                headers.add("Cache-Control", "no-store")
         if origins:
             headers.add("Vary", "Origin")
             origin = request.headers.get("Origin")
