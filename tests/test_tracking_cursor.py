@@ -96,6 +96,7 @@ def test_a_cursor_of_another_sort_or_a_forged_one_is_refused() -> None:
         ("not base64 !", "loss", True),
         (base64.urlsafe_b64encode(b'[1,"loss",true,false,"x",3]').decode(), "loss", True),
         (other, "loss", True),
+        (encode_cursor(msgspec.structs.replace(cursor, job_id=2**64 - 1)), "loss", True),
         ("A" * 5000, "loss", True),
     ]:
         with pytest.raises(InvalidRequestError) as caught:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated
 
 import msgspec
 
@@ -33,7 +34,7 @@ class RunsCursor(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     descending: bool
     missing: bool  # the run has no value of the sort metric (such runs come last)
     last: float  # its last value of the sort metric (0.0 when missing or unsorted)
-    job_id: int
+    job_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # SQLite's integers
 
 
 _decoder = msgspec.json.Decoder(RunsCursor)

@@ -53,6 +53,14 @@ class IngestWorker:
         """The worker's pid while one runs."""
         return None if self._proc is None else self._proc.pid
 
+    async def start(self) -> None:
+        """Start the worker now (it is otherwise started by the first request), so that the
+        first read of a run is not late by the worker's start-up: a page that subscribes to
+        a run's points while that read is under way would miss them.  Waits only for the
+        process to be spawned, not for it to be ready.  Raises InternalError."""
+        async with self._lock:
+            await self._running()
+
     async def ingest(
         self, job_id: int, track_file: str, *, watched: bool, max_points: int
     ) -> tuple[bool, list[_Point]]:

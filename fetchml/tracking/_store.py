@@ -285,12 +285,17 @@ class TrackingStore:
         metrics, sampled by the server); not counted against the run's cap.  Returns the points
         stored, as ``(name, step, value, time)``."""
         stored: list[tuple[str, int, float, float]] = []
-        with self._transaction() as conn:
-            for name, value in points.items():
-                metric = self._metric(conn, job_id, name)
-                step = metric.summary[2] + 1 if metric.summary[0] else 0
-                self._append(conn, job_id, name, [step], [value], [when])
-                stored.append((name, step, value, when))
+        try:
+            with self._transaction() as conn:
+                for name, value in points.items():
+                    metric = self._metric(conn, job_id, name)
+                    step = metric.summary[2] + 1 if metric.summary[0] else 0
+                    self._append(conn, job_id, name, [step], [value], [when])
+                    stored.append((name, step, value, when))
+        except BaseException:
+            # The cached chunks may be ahead of what was rolled back (a metric's id too).
+            self._open = {key: m for key, m in self._open.items() if key[0] != job_id}
+            raise
         return stored
 
     def _metric(self, conn: Any, job_id: int, name: str) -> _Metric:

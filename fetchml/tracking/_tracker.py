@@ -121,6 +121,10 @@ class Tracker:
 
     async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
         with self._inbox:
+            try:
+                await self._worker.start()
+            except Exception as exc:  # the first request tries again
+                report_internal_error("tracker", exc, "starting the ingest worker")
             for job_id, track_file in await trio.to_thread.run_sync(self._store.unfinished):
                 if track_file is not None:
                     await self._catch_up(job_id, track_file)
