@@ -3,7 +3,11 @@ own metric, across reads, counted against the run's cap like any point."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fetchml.tracking import TrackingStore, parse_lines
 
@@ -39,3 +43,33 @@ def test_system_samples_go_at_their_metrics_next_step_and_count_against_the_cap(
     assert (run.points, run.dropped) == (4, 1)
     assert page is not None
     assert (page.step, page.value) == ([0, 1, 2], [10.0, 11.0, 12.0])
+
+
+def test_a_write_that_rolls_back_leaves_no_stale_metric_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample whose transaction fails (a full disk, say) is not half-kept in the cache: the
+    next samples of other names and of the same one go to their own series."""
+    store = TrackingStore(tmp_path, synchronous="off")
+    try:
+        store.register(1, "bob", experiment=None, name=None, narrative=NO_NARRATIVE, track_file="t")
+        append = store._append
+
+        def failing(*args: Any) -> None:
+            append(*args)
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store, "_append", failing)
+        with pytest.raises(sqlite3.OperationalError):
+            store.add_points(1, {"sys/cpu": 5.0}, 1.0)
+        monkeypatch.setattr(store, "_append", append)
+        store.add_points(1, {"sys/rss": 7.0}, 2.0)
+        store.add_points(1, {"sys/cpu": 6.0}, 3.0)
+        cpu = store.raw(1, "sys/cpu", after=None, limit=10)
+        rss = store.raw(1, "sys/rss", after=None, limit=10)
+    finally:
+        store.close()
+    assert cpu is not None
+    assert rss is not None
+    assert (cpu.step, cpu.value) == ([0], [6.0])
+    assert (rss.step, rss.value) == ([0], [7.0])

@@ -14,12 +14,26 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import trio
 
 from ..errors import InternalError
-from ._worker import Added, AddPoints, End, Ended, Failed, Ingest, Ingested, Reply, Request, frame
+from ._lines import Point
+from ._worker import (
+    FRAME_HEAD,
+    Added,
+    AddPoints,
+    End,
+    Ended,
+    Failed,
+    Ingest,
+    Ingested,
+    Reply,
+    Request,
+    frame,
+)
 
 __all__ = ["WORKER_EXIT_S", "IngestWorker"]
 
@@ -30,8 +44,7 @@ log = logging.getLogger("fetchml.tracker")
 WORKER_EXIT_S = 10.0
 _RESTART_S = 1.0
 _MAIN = "import sys; from fetchml.tracking._worker import main; sys.exit(main(sys.argv))"
-_LENGTH = 4
-_Point = tuple[str, int, float, float]
+_R = TypeVar("_R", Ingested, Added, Ended)
 
 
 class IngestWorker:
@@ -63,33 +76,27 @@ class IngestWorker:
 
     async def ingest(
         self, job_id: int, track_file: str, *, watched: bool, max_points: int
-    ) -> tuple[bool, list[_Point]]:
+    ) -> tuple[bool, list[Point]]:
         """Read what is new in a registered run's file (one read, committed): whether there
         may be more, and the points stored if ``watched``.  Waits on the worker.  Raises
         InternalError (the request failed, or the worker died)."""
-        reply = await self._call(Ingest(job_id, track_file, watched, max_points))
-        if not isinstance(reply, Ingested):
-            raise InternalError(f"tracking worker: {reply!r} to an ingest")
+        reply = await self._call(Ingest(job_id, track_file, watched, max_points), Ingested)
         return reply.more, reply.points
 
-    async def add_points(self, job_id: int, points: dict[str, float], when: float) -> list[_Point]:
+    async def add_points(self, job_id: int, points: dict[str, float], when: float) -> list[Point]:
         """Store one point of each metric at its next step (system samples); the points stored.
         Waits on the worker.  Raises InternalError."""
-        reply = await self._call(AddPoints(job_id, points, when))
-        if not isinstance(reply, Added):
-            raise InternalError(f"tracking worker: {reply!r} to adding points")
-        return reply.points
+        return (await self._call(AddPoints(job_id, points, when), Added)).points
 
     async def end(self, job_id: int) -> None:
         """Mark the run ended (read to the end).  Waits on the worker.  Raises InternalError."""
-        reply = await self._call(End(job_id))
-        if not isinstance(reply, Ended):
-            raise InternalError(f"tracking worker: {reply!r} to ending a run")
+        await self._call(End(job_id), Ended)
 
-    async def _call(self, request: Request) -> Reply:
-        """Send one request and wait for its reply, starting a worker if none runs.  Cancelled
-        in the middle, the worker is killed (its reply would answer the next request).
-        Raises InternalError for a Failed reply or a worker that died or cannot start."""
+    async def _call(self, request: Request, expected: type[_R]) -> _R:
+        """Send one request and wait for its reply, of type ``expected``, starting a worker if
+        none runs.  Cancelled in the middle, the worker is killed (its reply would answer the
+        next request).  Raises InternalError for a Failed reply, a reply of another type, or
+        a worker that died or cannot start."""
         async with self._lock:
             proc = await self._running()
             assert proc.stdin is not None
@@ -109,9 +116,13 @@ class IngestWorker:
             except BaseException:
                 await self._discard()
                 raise
-        if isinstance(reply, Failed):
-            raise InternalError(f"tracking worker: {reply.error}")
-        return reply
+        match reply:
+            case Failed(error=error):
+                raise InternalError(f"tracking worker: {error}")
+            case expected():
+                return reply
+            case _:
+                raise InternalError(f"tracking worker: {reply!r} to {type(request).__name__}")
 
     async def _running(self) -> trio.Process:
         """The worker, started if none runs: no sooner than a second after the previous start
@@ -134,11 +145,11 @@ class IngestWorker:
         """One frame's body from the worker.  Raises EOFError if its output ends."""
         assert proc.stdout is not None
         while True:
-            if len(self._buffer) >= _LENGTH:
-                size = int.from_bytes(self._buffer[:_LENGTH], "big")
-                if len(self._buffer) >= _LENGTH + size:
-                    body = bytes(self._buffer[_LENGTH : _LENGTH + size])
-                    del self._buffer[: _LENGTH + size]
+            if len(self._buffer) >= FRAME_HEAD:
+                size = int.from_bytes(self._buffer[:FRAME_HEAD], "big")
+                if len(self._buffer) >= FRAME_HEAD + size:
+                    body = bytes(self._buffer[FRAME_HEAD : FRAME_HEAD + size])
+                    del self._buffer[: FRAME_HEAD + size]
                     return body
             data = await proc.stdout.receive_some(1 << 20)
             if not data:

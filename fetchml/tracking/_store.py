@@ -142,6 +142,18 @@ class TrackingStore:
         with self._lock, transaction(self._conn) as conn:
             yield conn
 
+    @contextmanager
+    def _writing(self, job_id: int) -> Iterator[sqlite3.Connection]:
+        """A transaction that writes points of ``job_id``: if it rolls back, what is cached of
+        the run's metrics (open chunks, metric ids) may be ahead of the database, so it is
+        dropped and read again on next use."""
+        try:
+            with self._transaction() as conn:
+                yield conn
+        except BaseException:
+            self._open = {key: m for key, m in self._open.items() if key[0] != job_id}
+            raise
+
     def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
@@ -214,13 +226,8 @@ class TrackingStore:
         the batch's points are stored (its first ones) and the system points stored, as
         ``(name, step, value, time)``, each at the next step of its metric.  Raises sqlite3
         errors (nothing is stored then)."""
-        try:
-            with self._transaction() as conn:
-                return self._ingest(conn, job_id, batch, offset, next_step, max_points)
-        except BaseException:
-            # The cached chunks may be ahead of what was rolled back.
-            self._open = {key: m for key, m in self._open.items() if key[0] != job_id}
-            raise
+        with self._writing(job_id) as conn:
+            return self._ingest(conn, job_id, batch, offset, next_step, max_points)
 
     def _ingest(
         self, conn: Any, job_id: int, batch: Batch, offset: int, next_step: int, max_points: int
@@ -285,17 +292,12 @@ class TrackingStore:
         metrics, sampled by the server); not counted against the run's cap.  Returns the points
         stored, as ``(name, step, value, time)``."""
         stored: list[tuple[str, int, float, float]] = []
-        try:
-            with self._transaction() as conn:
-                for name, value in points.items():
-                    metric = self._metric(conn, job_id, name)
-                    step = metric.summary[2] + 1 if metric.summary[0] else 0
-                    self._append(conn, job_id, name, [step], [value], [when])
-                    stored.append((name, step, value, when))
-        except BaseException:
-            # The cached chunks may be ahead of what was rolled back (a metric's id too).
-            self._open = {key: m for key, m in self._open.items() if key[0] != job_id}
-            raise
+        with self._writing(job_id) as conn:
+            for name, value in points.items():
+                metric = self._metric(conn, job_id, name)
+                step = metric.summary[2] + 1 if metric.summary[0] else 0
+                self._append(conn, job_id, name, [step], [value], [when])
+                stored.append((name, step, value, when))
         return stored
 
     def _metric(self, conn: Any, job_id: int, name: str) -> _Metric:

@@ -33,10 +33,11 @@ from typing import BinaryIO
 
 import msgspec
 
-from ._lines import parse_lines
+from ._lines import Point, parse_lines
 from ._store import TrackingStore
 
 __all__ = [
+    "FRAME_HEAD",
     "READ_LIMIT",
     "WORKER_NICE",
     "AddPoints",
@@ -58,8 +59,8 @@ READ_LIMIT = 8 << 20
 #: The worker's niceness, added to the server's: below the server's loop, above nothing else.
 WORKER_NICE = 5
 LOCK_NAME = "tracking.lock"
-_LENGTH = 4
-_Point = tuple[str, int, float, float]
+#: Bytes of a frame's head: its body's length, big-endian.
+FRAME_HEAD = 4
 
 
 class Ingest(msgspec.Struct, frozen=True, tag="ingest"):
@@ -88,11 +89,11 @@ class End(msgspec.Struct, frozen=True, tag="end"):
 
 class Ingested(msgspec.Struct, frozen=True, tag="ingested"):
     more: bool  # the file may hold more: read again
-    points: list[_Point]
+    points: list[Point]
 
 
 class Added(msgspec.Struct, frozen=True, tag="added"):
-    points: list[_Point]
+    points: list[Point]
 
 
 class Ended(msgspec.Struct, frozen=True, tag="ended"):
@@ -158,8 +159,8 @@ def handle(store: TrackingStore, request: Request) -> Reply:
 def read_frame(stream: BinaryIO) -> bytes | None:
     """One frame's body, or None at the end of the input (also in the middle of a frame: the
     server is gone)."""
-    head = stream.read(_LENGTH)
-    if len(head) < _LENGTH:
+    head = stream.read(FRAME_HEAD)
+    if len(head) < FRAME_HEAD:
         return None
     size = int.from_bytes(head, "big")
     body = stream.read(size)
@@ -168,7 +169,7 @@ def read_frame(stream: BinaryIO) -> bytes | None:
 
 def frame(body: bytes) -> bytes:
     """``body`` as a frame."""
-    return len(body).to_bytes(_LENGTH, "big") + body
+    return len(body).to_bytes(FRAME_HEAD, "big") + body
 
 
 def serve(data_dir: Path, synchronous: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
