@@ -76,7 +76,11 @@ async def measure(
                 now = time.time()
                 if isinstance(event, fetchml.client.MetricPoints):
                     events += 1
-                    points.extend(now - p.time for p in event.points)
+                    # The server's own system samples (sys/...) are delivered too, but are not
+                    # counted in the run's stored points: only the job's points are compared.
+                    points.extend(
+                        now - p.time for p in event.points if not p.name.startswith("sys/")
+                    )
                 elif isinstance(event, fetchml.client.LogChunk):
                     pending += event.data
                     *whole, pending = pending.split(b"\n")
