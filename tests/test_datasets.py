@@ -285,7 +285,7 @@ def test_the_ray_backend_gives_the_job_its_datasets(tmp_path: Path) -> None:
     spec = JobSpec(command=["true"], env={"A": "1"}, datasets=["in1k.v2"], dataset_refs=[ref])
     job = Job(id=3, user="bob", spec=spec, state=JobState.RUNNING, created_at=0.0, attempts=1)
     run = RayRun(job_id=3, attempt=1, submission_id="s-3-1", log=tmp_path / "log")
-    env = backend._submission(job, run).env
+    env = backend._submission(job, run, None).env
     assert env["FETCHML_DATASET_IN1K_V2"] == "s3://b/in1k"
     assert env["A"] == "1"
 

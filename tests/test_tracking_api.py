@@ -17,7 +17,7 @@ from urllib.parse import quote
 import psutil
 import pytest
 import trio
-from helpers.core import kill_everything_under
+from helpers.core import kill_everything_under, until
 from helpers.gateway import (
     HIGH_LIMITS,
     HIGH_LIMITS_YAML,
@@ -322,6 +322,49 @@ async def test_a_killed_ingest_worker_is_replaced_and_loses_no_point(
     # Each death is reported once (the request in flight, or the next one).
     assert 1 <= len(internal_errors) <= 2
     assert all("the tracking worker ended" in r.getMessage() for r in internal_errors)
+
+
+LOG_THEN_END = """
+from pathlib import Path
+from fetchml import track
+for step in range(STEPS):
+    track.log({"x": float(step)}, step=step)
+track.flush()
+Path(DONE).touch()
+"""
+
+
+async def test_a_worker_dying_under_a_runs_last_read_is_replaced_for_it(
+    tmp_path: Path, users: Users, internal_errors: list[logging.LogRecord]
+) -> None:
+    """The worker hangs, the job ends (its run's last read waits on the hung worker), then the
+    worker is killed: the last read is tried again on a new worker, so the run's points are all
+    stored and the run is recorded ended, with no error reported."""
+    steps, done = 300, tmp_path / "job-done"
+    code = LOG_THEN_END.replace("STEPS", str(steps)).replace("DONE", repr(str(done)))
+    # No pass and no system sample while the job runs: its run's only read is its last.
+    settings = {"tracking": {"ingest_interval_s": 60, "system_interval_s": 60}}
+    with trio.fail_after(60):
+        async with serve(config(tmp_path, users, **settings)) as base, HttpSession(base) as s:
+            await until(lambda: len(ingest_workers(tmp_path / "data")) == 1)
+            (worker,) = ingest_workers(tmp_path / "data")
+            worker.suspend()
+            try:
+                job_id = await submit(s, users.alice, {"command": [sys.executable, "-c", code]})
+                await until(done.exists, within=30)
+                await trio.sleep(0.5)  # the job has exited and its last read is under way
+            finally:
+                worker.kill()
+            job = await until_job(s, users.alice, job_id, ENDED, 30)
+            raw = await get(s, users.alice, f"/api/v1/jobs/{job_id}/metrics/x?raw=1&limit=5000")
+    assert job["state"] == "succeeded", job
+    assert raw["step"] == list(range(steps))
+    store = fetchml.tracking.TrackingStore(tmp_path / "data", synchronous="normal")
+    try:
+        assert store.unfinished() == []
+    finally:
+        store.close()
+    assert internal_errors == []
 
 
 QUICK_THEN_GONE = """

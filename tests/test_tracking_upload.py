@@ -447,3 +447,38 @@ def test_an_attempts_run_token_is_made_once(tmp_path: Path) -> None:
     made = run_token(folder, 3)
     assert made
     assert check_run_token(folder, 3, made)
+
+
+def test_samples_taken_while_a_send_is_under_way_are_neither_resent_nor_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender's waiting samples are taken off by number: if the oldest are dropped (too
+    many wait) while a send of them is under way, what was sent is not sent again, and the
+    samples taken meanwhile still wait."""
+    from fetchml.tracking import _sender
+
+    monkeypatch.setattr(_sender, "MAX_WAITING", 3)
+    system = _sender.System(interval=1.0)
+    values = iter(range(100))
+    monkeypatch.setattr(system.tree, "sample", lambda: {"sys/n": float(next(values))})
+    monkeypatch.setattr(system.gpus, "sample", dict)
+
+    def take(count: int) -> None:
+        for _ in range(count):
+            system.due = 0.0
+            system.poll()
+
+    def waiting() -> list[float]:
+        return [json.loads(text)["system"]["sys/n"] for _, text in system.waiting]
+
+    take(2)
+    data, upto = system.lines(1 << 16)
+    assert [json.loads(text)["system"]["sys/n"] for text in data.splitlines()] == [0, 1]
+    take(3)  # while the send of samples 0 and 1 is under way: 0 and 1 are dropped
+    assert (waiting(), system.dropped) == ([2, 3, 4], 2)
+    system.sent(upto)
+    assert waiting() == [2, 3, 4]
+    data, upto = system.lines(1 << 16)
+    system.sent(upto)
+    assert (waiting(), data.count(b"\n")) == ([], 3)
+    assert system.lines(1 << 16) == (b"", system.taken)

@@ -66,6 +66,34 @@ async def test_a_failed_request_leaves_the_worker_serving(tmp_path: Path) -> Non
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+async def test_a_hung_worker_is_killed_at_the_deadline_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that does not answer (stopped here) is killed after REPLY_DEADLINE_S, so the
+    tracker is not held up; the next request, on a new worker, stores the points once."""
+    from fetchml.tracking import _ingest
+
+    monkeypatch.setattr(_ingest, "REPLY_DEADLINE_S", 0.5)
+    track = registered_run(tmp_path, 1)
+    worker = IngestWorker(tmp_path, "normal")
+    try:
+        with trio.fail_after(30):
+            await worker.start()
+            hung = worker.pid
+            assert hung is not None
+            psutil.Process(hung).suspend()
+            started = trio.current_time()
+            with pytest.raises(InternalError, match=r"did not answer in 0\.5 s"):
+                await worker.ingest(1, str(track), watched=True, max_points=100)
+            assert trio.current_time() - started < 5
+            _, points = await worker.ingest(1, str(track), watched=True, max_points=100)
+            assert worker.pid not in (None, hung)
+    finally:
+        await worker.aclose()
+    assert [(n, s) for n, s, _, _ in points] == [("x", 0), ("x", 1), ("x", 2)]
+    assert not psutil.pid_exists(hung) or psutil.Process(hung).status() == psutil.STATUS_ZOMBIE
+
+
 async def test_garbage_gets_a_reply_and_the_input_ending_ends_it(tmp_path: Path) -> None:
     with trio.fail_after(30):
         proc = await trio.lowlevel.open_process(

@@ -49,6 +49,13 @@ def run_token(job_dir: Path, attempt: int) -> str:
         handle.write(token)
         handle.flush()
         os.fsync(handle.fileno())
+    # The file's name too: a node may hold the token while a server restarted after a power
+    # loss would not know it (and refuse the attempt's points).
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return token
 
 

@@ -35,13 +35,20 @@ from ._worker import (
     frame,
 )
 
-__all__ = ["WORKER_EXIT_S", "IngestWorker"]
+__all__ = ["MAX_REPLY_BYTES", "REPLY_DEADLINE_S", "WORKER_EXIT_S", "IngestWorker"]
 
 log = logging.getLogger("fetchml.tracker")
 
 #: How long a worker told to stop (its input closed) may take to finish its request and exit
 #: before it is killed.
 WORKER_EXIT_S = 10.0
+#: How long one request may take (a read of at most READ_LIMIT bytes and its commit take well
+#: under a second here): a worker that hangs (stopped, a disk that does not answer) is killed
+#: then, so that it cannot hold up the tracker, and the server's loop, for longer.
+REPLY_DEADLINE_S = 60.0
+#: The largest reply taken (the points of one read, if watched, are far smaller): a longer
+#: frame head means the stream is corrupt, and the worker is killed.
+MAX_REPLY_BYTES = 64 << 20
 _RESTART_S = 1.0
 _MAIN = "import sys; from fetchml.tracking._worker import main; sys.exit(main(sys.argv))"
 _R = TypeVar("_R", Ingested, Added, Ended)
@@ -53,7 +60,8 @@ class IngestWorker:
 
     def __init__(self, data_dir: Path, synchronous: str) -> None:
         # Not ``-m``: the package imports the module before runpy would run it as __main__.
-        self._argv = [sys.executable, "-c", _MAIN, str(data_dir), synchronous]
+        # ``-P``: the server's working directory is not put on the worker's import path.
+        self._argv = [sys.executable, "-P", "-c", _MAIN, str(data_dir), synchronous]
         self._proc: trio.Process | None = None
         self._buffer = bytearray()
         self._lock = trio.Lock()
@@ -93,16 +101,22 @@ class IngestWorker:
         await self._call(End(job_id), Ended)
 
     async def _call(self, request: Request, expected: type[_R]) -> _R:
-        """Send one request and wait for its reply, of type ``expected``, starting a worker if
-        none runs.  Cancelled in the middle, the worker is killed (its reply would answer the
-        next request).  Raises InternalError for a Failed reply, a reply of another type, or
-        a worker that died or cannot start."""
+        """Send one request and wait (at most REPLY_DEADLINE_S) for its reply, of type
+        ``expected``, starting a worker if none runs.  Cancelled in the middle, the worker is
+        killed (its reply would answer the next request), as is one that does not answer in
+        time or sends a broken frame.  Raises InternalError for a Failed reply, a reply of
+        another type, or a worker that died, hung or cannot start."""
         async with self._lock:
             proc = await self._running()
             assert proc.stdin is not None
             try:
-                await proc.stdin.send_all(frame(self._encoder.encode(request)))
-                reply = self._decoder.decode(await self._read(proc))
+                with trio.fail_after(REPLY_DEADLINE_S):
+                    await proc.stdin.send_all(frame(self._encoder.encode(request)))
+                    reply = self._decoder.decode(await self._read(proc))
+            except trio.TooSlowError:
+                await self._discard()
+                text = f"the tracking worker did not answer in {REPLY_DEADLINE_S:g} s: killed"
+                raise InternalError(text) from None
             except (
                 trio.BrokenResourceError,
                 trio.ClosedResourceError,
@@ -133,8 +147,10 @@ class IngestWorker:
             await trio.sleep_until(self._started_at + _RESTART_S)
         self._started_at = trio.current_time()
         try:
+            # A session of its own: a Ctrl-C at the server's terminal stops the server, which
+            # then closes the worker's input; the worker is not cut off mid-commit by the signal.
             self._proc = await trio.lowlevel.open_process(
-                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
             )
         except OSError as exc:
             raise InternalError(f"cannot start the tracking worker: {exc}") from None
@@ -142,11 +158,14 @@ class IngestWorker:
         return self._proc
 
     async def _read(self, proc: trio.Process) -> bytes:
-        """One frame's body from the worker.  Raises EOFError if its output ends."""
+        """One frame's body from the worker.  Raises EOFError if its output ends, or if a
+        frame says it is longer than MAX_REPLY_BYTES."""
         assert proc.stdout is not None
         while True:
             if len(self._buffer) >= FRAME_HEAD:
                 size = int.from_bytes(self._buffer[:FRAME_HEAD], "big")
+                if size > MAX_REPLY_BYTES:
+                    raise EOFError(f"a reply of {size} bytes, past {MAX_REPLY_BYTES}")
                 if len(self._buffer) >= FRAME_HEAD + size:
                     body = bytes(self._buffer[FRAME_HEAD : FRAME_HEAD + size])
                     del self._buffer[: FRAME_HEAD + size]

@@ -2,10 +2,11 @@
 and samples the job's processes and GPUs as the server samples a local job's.
 
 Not imported by the server: its text is :data:`fetchml.tracking.TRACK_SENDER`, run by the
-job's wrapper as ``python3 -c "$FETCHML_TRACK_SENDER"`` in the background while the job's
-command runs (``_upload`` says the protocol).  So it uses the standard library only and runs
-on any Python 3 a node has; everything it needs is in the environment (neither the program nor
-the token shows in the job's log): FETCHML_RESULTS_URL, FETCHML_JOB_ID, FETCHML_ATTEMPT,
+job's wrapper as ``python3 -I -c "$FETCHML_TRACK_SENDER"`` (isolated: neither the job's
+working directory nor its PYTHON* variables change what it imports) in the background while
+the job's command runs (``_upload`` says the protocol).  So it uses the standard library only
+and runs on any Python 3 a node has; everything it needs is in the environment (neither the
+program nor the token shows in the job's log): FETCHML_RESULTS_URL, FETCHML_JOB_ID, FETCHML_ATTEMPT,
 FETCHML_RUN_TOKEN, FETCHML_TRACK_FILE, FETCHML_PART_BYTES, FETCHML_TRACK_SEND_S,
 FETCHML_TRACK_FINAL_S, and FETCHML_SYSTEM_INTERVAL_S (absent or 0: no system metrics).
 
@@ -21,7 +22,7 @@ system without it), its GPUs are those of CUDA_VISIBLE_DEVICES (which Ray sets f
 GPUs), read with ``nvidia-smi``.  Each sample is a ``{"system": {...}, "time": t}`` line sent
 with the job's lines but never written into the job's file (a job writing a line in two parts
 would have it cut).  Samples wait in memory while the server is away (at most
-:data:`MAX_WAITING` of them, the oldest dropped first).
+:data:`MAX_WAITING` of them, the oldest dropped first, said once in the job's log).
 """
 
 from __future__ import annotations
@@ -200,39 +201,54 @@ class Gpus:
 
 
 class System:
-    """System samples every ``interval`` seconds, as lines waiting to be sent."""
+    """System samples every ``interval`` seconds, as lines waiting to be sent.  Each waiting
+    line carries a number, so that what was sent is taken off by number: samples taken (and
+    old ones dropped) while a send was under way cannot make a sent line stay, or a dropped
+    one count as sent."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.tree = Tree(os.getppid(), os.getpid())
         self.gpus = Gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
-        self.waiting: deque[bytes] = deque(maxlen=MAX_WAITING)
+        self.waiting: deque[tuple[int, bytes]] = deque()
+        self.taken = 0  # samples taken so far: the next one's number
+        self.dropped = 0
         self.due = time.monotonic()
 
     def poll(self) -> None:
-        """Take a sample if one is due."""
+        """Take a sample if one is due; drops the oldest waiting one if MAX_WAITING wait."""
         if self.interval <= 0 or time.monotonic() < self.due:
             return
         self.due = time.monotonic() + self.interval
         metrics = {**self.tree.sample(), **self.gpus.sample()}
-        if metrics:
-            line = {"system": metrics, "time": time.time()}
-            self.waiting.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        if not metrics:
+            return
+        line = {"system": metrics, "time": time.time()}
+        self.waiting.append((self.taken, json.dumps(line, separators=(",", ":")).encode() + b"\n"))
+        self.taken += 1
+        if len(self.waiting) > MAX_WAITING:
+            self.waiting.popleft()
+            self.dropped += 1
+            if self.dropped == 1:
+                say(f"more than {MAX_WAITING} system samples wait: the oldest are dropped")
 
-    def lines(self, room: int) -> bytes:
-        """The oldest waiting lines that fit in ``room`` bytes (they stay waiting)."""
-        out, size = [], 0
-        for line in self.waiting:
+    def lines(self, room: int) -> tuple[bytes, int]:
+        """The oldest waiting lines that fit in ``room`` bytes (they stay waiting), and the
+        number after the last of them (for :meth:`sent`)."""
+        out: list[bytes] = []
+        size, upto = 0, self.waiting[0][0] if self.waiting else self.taken
+        for number, line in self.waiting:
             if size + len(line) > room:
                 break
             out.append(line)
             size += len(line)
-        return b"".join(out)
+            upto = number + 1
+        return b"".join(out), upto
 
-    def sent(self, data: bytes) -> None:
-        """``data`` (from :meth:`lines`) is on the server: no longer waiting."""
-        while data and self.waiting and data.startswith(self.waiting[0]):
-            data = data[len(self.waiting.popleft()) :]
+    def sent(self, upto: int) -> None:
+        """The lines numbered below ``upto`` (from :meth:`lines`) are on the server."""
+        while self.waiting and self.waiting[0][0] < upto:
+            self.waiting.popleft()
 
 
 class Sender:
@@ -318,7 +334,7 @@ class Sender:
             done = self.stop.stopping()
             if not done:
                 self.system.poll()
-            extra = self.system.lines(self.part // 2)
+            extra, upto = self.system.lines(self.part // 2)
             room = self.part - len(extra)
             chunk = self.read(pos, room)
             whole = chunk[: chunk.rfind(b"\n") + 1]
@@ -338,7 +354,7 @@ class Sender:
                 sent, size = self.send(have, data)
                 if sent or size == have + len(data):
                     pos += skip or len(whole)
-                    self.system.sent(extra)
+                    self.system.sent(upto)
                 have = size
                 continue
             if done:

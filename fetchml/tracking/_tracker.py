@@ -191,23 +191,36 @@ class Tracker:
     async def _ingest(self, active: _Active, *, to_end: bool) -> None:
         """Read what is new in the run's file (all of it, and mark the run ended, with
         ``to_end``; else one read) into the store, and hand what was committed to the job's
-        watchers.  Registers the run first if it is not yet."""
+        watchers.  Registers the run first if it is not yet.  A run's last read that fails
+        (its worker died under it) is tried once more, on a new worker, from what was
+        committed: else the run's tail would wait for the next server.  Reports what fails."""
         job_id, track_file = active.run.job_id, active.run.track_file
-        try:
-            if not active.registered and not await trio.to_thread.run_sync(
-                self._register, active, to_end
-            ):
+        for last_try in (False, True) if to_end else (True,):
+            try:
+                await self._read_run(active, to_end=to_end)
                 return
-            more = True
-            while more:
-                watched = self._feed is not None and self._feed.watching(job_id)
-                more, points = await self._read(job_id, track_file, watched=watched)
-                self._publish(job_id, points)
-                more = more and to_end
-            if to_end:
-                await self._worker.end(job_id)
-        except Exception as exc:
-            report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
+            except Exception as exc:
+                if last_try:
+                    report_internal_error("tracker", exc, f"job {job_id}: reading {track_file}")
+                    return
+                log.warning("job %d: its last read failed (%s); once more", job_id, exc)
+
+    async def _read_run(self, active: _Active, *, to_end: bool) -> None:
+        """:meth:`_ingest`'s one try.  Waits on the worker; raises what the store or the
+        worker raises."""
+        job_id, track_file = active.run.job_id, active.run.track_file
+        if not active.registered and not await trio.to_thread.run_sync(
+            self._register, active, to_end
+        ):
+            return
+        more = True
+        while more:
+            watched = self._feed is not None and self._feed.watching(job_id)
+            more, points = await self._read(job_id, track_file, watched=watched)
+            self._publish(job_id, points)
+            more = more and to_end
+        if to_end:
+            await self._worker.end(job_id)
 
     def _register(self, active: _Active, to_end: bool) -> bool:
         """Write the run to the store if its file exists or it ended (a run without a file is

@@ -104,11 +104,11 @@ def entrypoint(spec: JobSpec, results: bool = False) -> str:
         # A file of this run's own (two runs may share a node and a cwd), on the node's disk.
         'FETCHML_TRACK_FILE=$(mktemp "${TMPDIR:-/tmp}/fetchml-track.XXXXXXXX") '
         '|| FETCHML_TRACK_FILE="$PWD/.fetchml-track.jsonl"; export FETCHML_TRACK_FILE; '
-        'python3 -c "$FETCHML_TRACK_SENDER" & t=$!; '
+        'python3 -I -c "$FETCHML_TRACK_SENDER" & t=$!; '
         f"( {command} ); s=$?; "
         ': > "$FETCHML_TRACK_FILE.end"; '
         "wait $t || echo '[fetchml] some metrics could not be sent to the server' >&2; "
-        'python3 -c "$FETCHML_UPLOADER" '
+        'python3 -I -c "$FETCHML_UPLOADER" '
         "|| echo '[fetchml] the outputs could not be sent to the server' >&2; "
         "exit $s"
     )
@@ -280,7 +280,7 @@ class RayBackend(Backend[RayRun]):
             run.written = max(0, size - start)
         return run
 
-    def _submission(self, job: Job, run: RayRun) -> Submission:
+    def _submission(self, job: Job, run: RayRun, token: str | None) -> Submission:
         spec = job.spec
         env = {**spec.env, "FETCHML_JOB_ID": str(job.id), "FETCHML_ATTEMPT": str(job.attempts)}
         env.update(dataset_env(job))
@@ -289,8 +289,7 @@ class RayBackend(Backend[RayRun]):
             env["FETCHML_SNAPSHOT_ID"] = spec.snapshot
             working_dir = str(work_dir(self._data_dir, job.id))
         results = None
-        if self._settings.callback_url:
-            token = run_token(job_dir(self._data_dir, job.id), job.attempts)
+        if self._settings.callback_url and token is not None:
             results = Results(
                 self._settings.callback_url.rstrip("/"),
                 job.id,
@@ -321,15 +320,21 @@ class RayBackend(Backend[RayRun]):
     async def start(self, job: Job) -> RayRun:
         """Submit attempt ``job.attempts`` as a Ray job; a duplicate id means it is there already.
 
-        Waits on one Ray request.  Raises :class:`BackendUnavailableError` (cluster unreachable)
-        or :class:`JobStartError` (the cluster refused it).
+        Waits on one Ray request (and a thread making the attempt's run token).  Raises
+        :class:`BackendUnavailableError` (cluster unreachable) or :class:`JobStartError` (the
+        cluster refused it, or the run's files cannot be written).
         """
         try:
             run = self._run(job, new=True)
+            token = None
+            if self._settings.callback_url:
+                # In a thread: made once per attempt, it is written and fsynced.
+                where = job_dir(self._data_dir, job.id)
+                token = await trio.to_thread.run_sync(run_token, where, job.attempts)
         except OSError as exc:
             raise JobStartError(f"cannot start job {job.id}: {exc}") from None
         try:
-            await self._call(self._client.submit, self._submission(job, run))
+            await self._call(self._client.submit, self._submission(job, run, token))
         except RayDuplicate:
             log.info(
                 "job %d: %s is on the cluster already; following it", job.id, run.submission_id
