@@ -1,5 +1,5 @@
 """Fixtures of every test: a data dir per test, no job process left behind, and no internal error
-of the server's code unless the test expects it."""
+of the server's code unless the test expects it; and the one Ray cluster of the Ray tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers.core import kill_everything_under
+from helpers.ray_cluster import RayCluster, start_cluster, stop_cluster
 
 from fetchml._faults import INTERNAL_ERROR_ATTR
 
@@ -23,6 +24,31 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     yield path
     kill_everything_under(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    """The two-node loopback Ray cluster (helpers/ray_cluster.py) of every Ray test, started once
+    (10-20 s) and stopped at the end of the session.  Its tests never stop or reconfigure it; each
+    one has a data dir of its own, so its Ray jobs have submission ids of their own."""
+    pytest.importorskip(
+        "ray.job_submission",
+        reason="Ray is not installed: pip install -e '.[ray]' to run the Ray backend tests",
+    )
+    running = start_cluster(tmp_path_factory.mktemp("ray"))
+    try:
+        yield running
+    finally:
+        stop_cluster(running)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the shared Ray cluster run last, one after another: the cluster is up only
+    while they run (its daemons would take CPU from the other tests), and goes as they end."""
+    on_ray = [item for item in items if "ray_cluster" in getattr(item, "fixturenames", ())]
+    if on_ray:
+        chosen = {id(item) for item in on_ray}
+        items[:] = [item for item in items if id(item) not in chosen] + on_ray
 
 
 class _InternalErrors(logging.Handler):

@@ -1,8 +1,9 @@
 """The Ray backend against a real two-node Ray cluster on loopback (see helpers/ray_cluster.py).
 
-The cluster is started once for this module (about 15 s) and stopped at its end; without Ray
-installed (``pip install -e '.[ray]'``) the module is skipped.  Jobs are tiny, but each Ray job
-costs a Ray worker process start, so the whole module takes a minute or two on 2 cores.
+The cluster is started once for the session (about 15 s, ``ray_cluster`` in conftest.py, shared
+with test_tracking_ray.py) and stopped at its end; without Ray installed
+(``pip install -e '.[ray]'``) the module is skipped.  Jobs are tiny, but each Ray job costs a Ray
+worker process start, so the whole module takes a minute or two on 2 cores.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,6 @@ from helpers.ray_cluster import (
     WORKER_CPUS,
     RayCluster,
     loopback_violations,
-    start_cluster,
-    stop_cluster,
 )
 from ray.job_submission import JobSubmissionClient
 
@@ -44,12 +43,9 @@ WITHIN = 60.0  # generous: the machine may be busy with other tests
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    running = start_cluster(tmp_path_factory.mktemp("ray"))
-    try:
-        yield running
-    finally:
-        stop_cluster(running)
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    """The session's Ray cluster (conftest.py), shared with the other Ray tests."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +215,7 @@ async def test_a_run_already_submitted_is_followed_not_started_twice(
 async def test_a_queue_deeper_than_the_cluster_runs_only_what_fits(
     cluster: RayCluster, ray_jobs: JobSubmissionClient, data_dir: Path
 ) -> None:
-    jobs_count = 16
+    jobs_count = 2 * CLUSTER_CPUS  # twice what fits: at least half of them wait their turn
     most = 0
     with trio.fail_after(2 * WITHIN):
         async with ray_sched(data_dir, cluster.address) as scheduler:

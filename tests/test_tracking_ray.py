@@ -3,15 +3,14 @@
 sends the lines to a real server (``executor.ray.callback_url``) while it runs and the rest at
 its end, and they come back over ``GET /api/v1/jobs/{id}/metrics/{name}``.
 
-The cluster is started once for this module (about 15 s); without Ray installed the module is
-skipped.
+The cluster is started once for the session (about 15 s, ``ray_cluster`` in conftest.py, shared
+with test_ray_cluster.py); without Ray installed the module is skipped.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ pytest.importorskip(
 
 from helpers.core import until
 from helpers.gateway import HIGH_LIMITS, HttpSession, Users, free_port, serve, until_job
-from helpers.ray_cluster import RayCluster, start_cluster, stop_cluster
+from helpers.ray_cluster import RayCluster
 
 import fetchml
 
@@ -51,12 +50,9 @@ track.summary({"best": 0.01})
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
-    running = start_cluster(tmp_path_factory.mktemp("ray"))
-    try:
-        yield running
-    finally:
-        stop_cluster(running)
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    """The session's Ray cluster (conftest.py), shared with the other Ray tests."""
+    return ray_cluster
 
 
 def ray_server_config(
