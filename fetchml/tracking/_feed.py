@@ -19,13 +19,12 @@ from types import TracebackType
 import trio
 
 from ..errors import SubscriberDroppedError
+from ._lines import Point
 
 __all__ = ["METRIC_WATCH_BUFFER", "MetricFeed", "MetricWatch", "Point"]
 
 log = logging.getLogger("fetchml.tracker")
 
-# A point as it was logged: (name, step, value, unix time).
-Point = tuple[str, int, float, float]
 # Batches a watcher may fall behind before it is dropped; the tracker publishes about one batch
 # per job and ingest pass (tracking.ingest_interval_s), so this is more than a minute of them.
 METRIC_WATCH_BUFFER = 256

@@ -43,6 +43,7 @@ _MAX_STEP = 2**62
 PIECE_BYTES = 64 << 10
 _UNSET = msgspec.UNSET
 
+# A point as it was logged: (name, step, value, unix time).
 Point = tuple[str, int, float, float]
 Columns = tuple[list[int], list[float], list[float]]  # steps, values, times
 

@@ -285,13 +285,11 @@ class TrackingStore:
             self._append(conn, job_id, name, steps, values, times)
         return [(n, c[0][i], v, c[2][i]) for n, c in columns.items() for i, v in enumerate(c[1])]
 
-    def add_points(
-        self, job_id: int, points: dict[str, float], when: float
-    ) -> list[tuple[str, int, float, float]]:
+    def add_points(self, job_id: int, points: dict[str, float], when: float) -> list[Point]:
         """Store one point of each metric of ``points`` at the next step of each (system
         metrics, sampled by the server); not counted against the run's cap.  Returns the points
         stored, as ``(name, step, value, time)``."""
-        stored: list[tuple[str, int, float, float]] = []
+        stored: list[Point] = []
         with self._writing(job_id) as conn:
             for name, value in points.items():
                 metric = self._metric(conn, job_id, name)
