@@ -108,7 +108,6 @@ SAMPLES: list[msgspec.Struct] = [
     m.Attach(sub_id=4, since=None),
     m.Attached(sub_id=3),
     m.ReplayNeeded(oldest=17),
-    m.Detach(sub_id=3),
     m.Failure(
         body=ErrorBody(
             code="invalid_spec", message="priority: Expected `int` <= 10", field="priority"

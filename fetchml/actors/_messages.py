@@ -28,7 +28,6 @@ __all__ = [
     "Attached",
     "BackendCapacity",
     "Cancel",
-    "Detach",
     "Envelope",
     "ExitCause",
     "Failure",
@@ -172,12 +171,6 @@ class ReplayNeeded(_Msg, frozen=True, kw_only=True):
     oldest: int
 
 
-class Detach(_Msg, frozen=True, kw_only=True):
-    """Forget subscriber ``sub_id`` (it closes its own channel).  No reply."""
-
-    sub_id: int
-
-
 # --- errors --------------------------------------------------------------------------------
 
 
@@ -214,7 +207,6 @@ Message = (
     | Attach
     | Attached
     | ReplayNeeded
-    | Detach
     | Failure
 )
 

@@ -7,7 +7,6 @@ Events are de-duplicated by ``seq``, so the hand-over point may overlap safely.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections import deque
 from types import TracebackType
@@ -17,7 +16,7 @@ import trio
 from .._models import JobEvent
 from ..errors import SchedulerClosedError, SubscriberDroppedError
 from ..store import Store
-from ._messages import Attach, Attached, Detach, Envelope, Failure, Message, call
+from ._messages import Attach, Attached, Envelope, Failure, Message, call
 from ._notifier import Sink
 
 __all__ = ["DEFAULT_BUFFER", "Subscription"]
@@ -56,7 +55,6 @@ class Subscription:
         self._cursor: int | None = since if since is not None else store.last_seq
         self._buffer = buffer
         self._pending: deque[JobEvent] = deque()
-        self._live: trio.MemoryReceiveChannel[JobEvent] | None = None
         self._sink: Sink | None = None
         self._sub_id = next(_ids)
         self._closed = False
@@ -81,18 +79,12 @@ class Subscription:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Detach from the notifier and close the channel.  Idempotent; never blocks."""
+        """Leave the notifier's event log.  Idempotent; never blocks."""
         if self._closed:
             return
         self._closed = True
-        if self._live is not None:
-            self._live.close()
-            # Best effort: were the inbox full, the notifier still finds the closed channel
-            # on its next publish and forgets the subscriber then.
-            with contextlib.suppress(
-                trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
-            ):
-                self._notifier.send_nowait(Envelope(Detach(sub_id=self._sub_id)))
+        if self._sink is not None:
+            self._sink.close("unsubscribed")
 
     async def __anext__(self) -> JobEvent:
         """The next event.  Waits on the store (replay) or the notifier (live)."""
@@ -101,11 +93,11 @@ class Subscription:
                 raise StopAsyncIteration
             if self._pending:
                 event = self._pending.popleft()
-            elif self._live is None:
+            elif self._sink is None:
                 await self._catch_up()
                 continue
             else:
-                event = await self._receive_live()
+                event = await self._receive_live(self._sink)
             if self._cursor is None or event.seq > self._cursor:
                 self._cursor = event.seq
                 return event
@@ -114,36 +106,44 @@ class Subscription:
         """The events that are already here (replayed, or live and not read yet), at most
         ``limit``, in order, as ``__anext__`` would return them; without waiting.
 
-        Never waits nor checkpoints, so it adds no latency; the end of the live channel (the
-        subscriber was dropped, the server stops) is left for the next ``__anext__`` to raise.
+        Never waits nor checkpoints, so it adds no latency; the end of the subscription (it
+        was dropped, the server stops) is left for the next ``__anext__`` to raise.
         """
         taken: list[JobEvent] = []
         while len(taken) < limit and not self._closed:
             if self._pending:
-                event = self._pending.popleft()
-            elif self._live is not None:
-                try:
-                    event = self._live.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
+                events = [self._pending.popleft()]
+            elif self._sink is not None:
+                events = self._sink.take(limit - len(taken))
+                if not events:
                     break
             else:
                 break  # the replay has not started: that takes waiting on the store
-            if self._cursor is None or event.seq > self._cursor:
-                self._cursor = event.seq
-                taken.append(event)
+            for event in events:
+                if self._cursor is None or event.seq > self._cursor:
+                    self._cursor = event.seq
+                    taken.append(event)
         return taken
 
-    async def _receive_live(self) -> JobEvent:
-        assert self._live is not None
-        assert self._sink is not None
-        try:
-            return await self._live.receive()
-        except trio.EndOfChannel:
-            sink = self._sink
-            await self.aclose()
-            if sink.dropped:
-                raise SubscriberDroppedError(sink.reason or "subscriber dropped") from None
-            raise StopAsyncIteration from None
+    async def _receive_live(self, sink: Sink) -> JobEvent:
+        """The sink's next event.  Waits on the notifier; raises SubscriberDroppedError when
+        it was dropped, StopAsyncIteration when it ended otherwise."""
+        while True:
+            # As a channel's receive does: a cancellation comes before an event is taken, never
+            # after, and the others get a turn either way.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            taken = sink.take(1)
+            if taken:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return taken[0]
+            if sink.finished:
+                await self.aclose()
+                if sink.dropped:
+                    raise SubscriberDroppedError(sink.reason or "subscriber dropped")
+                raise StopAsyncIteration
+            await sink.wait()
+            if self._closed:
+                raise StopAsyncIteration
 
     async def _catch_up(self) -> None:
         """Replay one page from the store, or attach to the notifier if the replay is done."""
@@ -158,21 +158,17 @@ class Subscription:
         await self._attach()
 
     async def _attach(self) -> None:
-        send, receive = trio.open_memory_channel[JobEvent](self._buffer)
-        sink = Sink(send, self._buffer, job_id=self._job_id, user=self._user)
+        sink = Sink(self._sub_id, self._buffer, job_id=self._job_id, user=self._user)
         since = self._pending[-1].seq if self._pending else self._cursor
         attach = Attach(sub_id=self._sub_id, since=since, job_id=self._job_id, user=self._user)
         try:
             reply = await call(self._notifier, attach, stream=sink)
         except SchedulerClosedError:
-            send.close()
-            receive.close()
             self._closed = True
             raise StopAsyncIteration from None
         if isinstance(reply, Attached):
-            self._live, self._sink = receive, sink
+            self._sink = sink
             return
-        receive.close()
         if isinstance(reply, Failure):
             raise reply.error()
         # ReplayNeeded: the notifier's memory does not reach back to our cursor; read on.
