@@ -4,7 +4,10 @@ Throughput: a trio program submits 1,000 ``/bin/true`` jobs one after the other
 (``for ...: await scheduler.submit(...)``, scheduler configured with cpus=8, each job cpus=1)
 and then waits until every one has succeeded; the figure is jobs/s from the first submit to the
 last success.  The baseline, measured just before each run, is ``trio.run_process(["/bin/true"])``
-with 8 at once.  Unlike ``bench_core_throughput`` (20 concurrent submitters, whose submits share
+with 8 at once.  A second baseline, also measured each run, is the floor this process model
+allows: the same ``/bin/sh`` supervisor every job runs under (its pid and exit files included),
+started with ``trio.run_process`` 8 at once, with no scheduler, store or records.  Unlike
+``bench_core_throughput`` (20 concurrent submitters, whose submits share
 commits), every submit here waits for a commit of its own while earlier jobs start and end.
 
 Latency of one submit, each against a bare round trip on the same transport, in the same run:
@@ -56,6 +59,7 @@ from _gateway_common import (
 from bench_core_throughput import raw_rate
 
 import fetchml
+from fetchml.actors.backends._local import _SUPERVISOR
 
 JOBS = 1_000
 CONCURRENCY = 8
@@ -95,6 +99,26 @@ async def sequential_rate(jobs: int) -> tuple[float, list[float]]:
     if bad:
         raise RuntimeError(f"{len(bad)} jobs did not succeed, e.g. {bad[0]}")
     return jobs / elapsed, latencies
+
+
+async def supervised_rate(jobs: int, concurrency: int) -> float:
+    """Processes/s of ``/bin/true`` under the local backend's supervisor, ``concurrency`` at
+    once: each writes its pid and exit files, as every job's does."""
+
+    async def worker(folder: Path, count: int) -> None:
+        for attempt in range(count):
+            argv = ["/bin/sh", "-c", _SUPERVISOR, "fetchml-job", str(folder), str(attempt)]
+            await trio.run_process([*argv, str(folder), "/bin/true"])
+
+    with bench_dir("supervised") as data_dir:
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for index in range(concurrency):
+                folder = data_dir / str(index)
+                folder.mkdir()
+                count = jobs // concurrency + (index < jobs % concurrency)
+                nursery.start_soon(worker, folder, count)
+        return jobs / (time.perf_counter() - start)
 
 
 async def embedded_latencies(count: int) -> list[float]:
@@ -226,6 +250,7 @@ def cpu_seconds() -> float:
 
 async def main() -> int:
     raw: list[float] = []
+    floor: list[float] = []
     ours: list[float] = []
     raw_cpu: list[float] = []  # CPU seconds per process / per job: steadier than rates
     our_cpu: list[float] = []
@@ -235,6 +260,7 @@ async def main() -> int:
         cpu = cpu_seconds()
         raw.append(await raw_rate(JOBS, CONCURRENCY))
         raw_cpu.append((cpu_seconds() - cpu) / JOBS)
+        floor.append(await supervised_rate(JOBS, CONCURRENCY))
         cpu = cpu_seconds()
         rate, latencies = await sequential_rate(JOBS)
         our_cpu.append((cpu_seconds() - cpu) / JOBS)
@@ -252,6 +278,12 @@ async def main() -> int:
         "baseline trio.run_process(/bin/true), 8 at once",
         f"{fmt_rate(median(raw))} proc/s",
         "runs: " + ", ".join(fmt_rate(r) for r in raw),
+    )
+    line(
+        "floor: the job supervisor alone, 8 at once",
+        f"{fmt_rate(median(floor))} proc/s",
+        f"{median([f / r for f, r in zip(floor, raw, strict=True)]):.2f} of the baseline; runs: "
+        + ", ".join(fmt_rate(f) for f in floor),
     )
     line(
         "sequential submits, end to end",

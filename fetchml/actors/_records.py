@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -102,17 +103,21 @@ class RunRecords:
         await trio.to_thread.run_sync(self._write_now, job.id, self._started[key])
 
     async def finished(self, job: Job, exited: JobExited) -> None:
-        """The run ended: wait (at most :data:`TRACK_WAIT_S`) until the tracker has read all it
-        logged, so its metrics are complete when its end is reported; then complete its
-        manifest with the end and the hashed outputs (waits on reading every output, in a
-        worker thread)."""
+        """The run ended: tell the tracker; if the run logged metrics, wait (at most
+        :data:`TRACK_WAIT_S`) until the tracker has read them all, so they are complete when its
+        end is reported; then complete its manifest with the end and the hashed outputs (waits
+        on reading every output, in a worker thread)."""
         if self._tracker is not None:
-            ended = RunEnded(job.id, run=self._run(job, None))
+            run = self._run(job, None)
+            ended = RunEnded(job.id, run=run)
             await self._tracker.send(ended)
-            with trio.move_on_after(TRACK_WAIT_S) as waited:
-                await ended.done.wait()
-            if waited.cancelled_caught:
-                log.warning("job %d: its metrics are still being read; its end goes first", job.id)
+            if _logged_metrics(run):
+                with trio.move_on_after(TRACK_WAIT_S) as waited:
+                    await ended.done.wait()
+                if waited.cancelled_caught:
+                    log.warning(
+                        "job %d: its metrics are still being read; its end goes first", job.id
+                    )
         started = self._started.pop((job.id, exited.attempt), None)
         if started is None:
             started = started_manifest(
@@ -157,3 +162,10 @@ class RunRecords:
             write_run_manifest(self._output(job_id), manifest)
         except OSError as exc:
             log.warning("job %d: cannot write its run manifest: %s", job_id, exc)
+
+
+def _logged_metrics(run: RunStarted) -> bool:
+    """Whether the run has a track file: one stat of a local file, done on the event loop (a
+    worker thread's round trip would cost more), so that the end of a run that logged nothing,
+    most jobs, does not wait for the tracker."""
+    return os.path.exists(run.track_file)
