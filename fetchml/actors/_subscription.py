@@ -98,8 +98,7 @@ class Subscription:
                 continue
             else:
                 event = await self._receive_live(self._sink)
-            if self._cursor is None or event.seq > self._cursor:
-                self._cursor = event.seq
+            if self._advance(event):
                 return event
 
     def take_waiting(self, limit: int) -> list[JobEvent]:
@@ -119,11 +118,16 @@ class Subscription:
                     break
             else:
                 break  # the replay has not started: that takes waiting on the store
-            for event in events:
-                if self._cursor is None or event.seq > self._cursor:
-                    self._cursor = event.seq
-                    taken.append(event)
+            taken += filter(self._advance, events)
         return taken
+
+    def _advance(self, event: JobEvent) -> bool:
+        """Whether ``event`` is new to this subscription (the replay and the notifier's
+        hand-over may overlap); if so, it is the last one delivered from now on."""
+        if self._cursor is not None and event.seq <= self._cursor:
+            return False
+        self._cursor = event.seq
+        return True
 
     async def _receive_live(self, sink: Sink) -> JobEvent:
         """The sink's next event.  Waits on the notifier; raises SubscriberDroppedError when
